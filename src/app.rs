@@ -1,0 +1,159 @@
+//! `Application`: a store, a router and a bound listener, ready to serve.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::auth::{self, Authenticator};
+use crate::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
+use crate::feedback::TenantId;
+use crate::http::{self, AppState};
+use crate::store::{self, Store};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] store::ConnectError),
+    /// A setting is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// Provisioning a key failed.
+    #[error("cannot provision the bootstrap API key: {0}")]
+    Bootstrap(#[source] store::StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built service: migrated store, provisioned keys, bound socket.
+pub struct Application {
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    serve: ServeArgs,
+}
+
+impl Application {
+    /// Connects and migrates the store, provisions keys, binds the listener.
+    pub async fn build(serve: ServeArgs, database: &DatabaseArgs) -> Result<Self, StartupError> {
+        let store = store::connect(&database.store_options()).await?;
+        bootstrap_keys(store.as_ref(), &serve, &database.database_url).await?;
+        let listener = TcpListener::bind(serve.listen_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: serve.listen_addr,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            store,
+            serve,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight
+    /// requests finish for at most the shutdown timeout, and closes the store.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = AppState {
+            authenticator: Authenticator::new(Arc::clone(&self.store)),
+            store: Arc::clone(&self.store),
+        };
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, http::router(state))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight requests");
+                let _ = draining_tx.send(());
+            })
+            .into_future();
+        let timeout = self.serve.shutdown_timeout();
+        let drain_deadline = async move {
+            if draining_rx.await.is_ok() {
+                tokio::time::sleep(timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            result = server => result,
+            () = drain_deadline => {
+                tracing::warn!(timeout_secs = timeout.as_secs(), "drain timeout reached; closing remaining connections");
+                Ok(())
+            }
+        };
+        self.store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Provisions `BOOTSTRAP_API_KEY` if set; otherwise, on a first start of the
+/// embedded store, creates a key for tenant `default` and shows it once.
+async fn bootstrap_keys(
+    store: &dyn Store,
+    serve: &ServeArgs,
+    url: &DatabaseUrl,
+) -> Result<(), StartupError> {
+    let tenant = TenantId::parse(serve.bootstrap_tenant.clone())
+        .map_err(|err| StartupError::Config(format!("BOOTSTRAP_TENANT: {}", err.message)))?;
+    if let Some(secret) = &serve.bootstrap_api_key {
+        auth::check_secret(secret.expose())
+            .map_err(|err| StartupError::Config(format!("BOOTSTRAP_API_KEY: {err}")))?;
+        let record = auth::key_record(secret.expose(), tenant, Some("bootstrap".to_owned()));
+        // Idempotent: replicas starting together insert one row between them.
+        let created = store
+            .insert_api_key(&record)
+            .await
+            .map_err(StartupError::Bootstrap)?;
+        tracing::info!(key_id = %record.id, created, "bootstrap API key provisioned");
+        return Ok(());
+    }
+    if !matches!(url, DatabaseUrl::Sqlite(_)) {
+        return Ok(());
+    }
+    let has_keys = !store
+        .list_api_keys(None)
+        .await
+        .map_err(StartupError::Bootstrap)?
+        .is_empty();
+    if has_keys {
+        return Ok(());
+    }
+    let key = auth::generate_key(tenant, Some("first-run".to_owned()));
+    store
+        .insert_api_key(&key.record)
+        .await
+        .map_err(StartupError::Bootstrap)?;
+    print_first_run_banner(&key.secret, &key.record.tenant, serve);
+    Ok(())
+}
+
+fn print_first_run_banner(secret: &str, tenant: &TenantId, serve: &ServeArgs) {
+    let addr = serve.listen_addr;
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let rule = "=".repeat(72);
+    eprintln!(
+        "\n{rule}\n  First run: created an API key for tenant \"{tenant}\". It is shown only once:\n\n    {secret}\n\n  Try it:\n\n    curl -X POST http://{host}/api/v1/llm/feedback/responses \\\n      -H 'Authorization: Bearer {secret}' \\\n      -H 'Content-Type: application/json' \\\n      -d '{{\"id\": \"resp-xyz789\", \"rating\": \"thumbs_up\"}}'\n\n  Manage keys with `llm-feedback keys --help`.\n{rule}\n"
+    );
+}

@@ -1,0 +1,143 @@
+//! What each subcommand does.
+
+use std::io::Write;
+
+use crate::app::Application;
+use crate::auth;
+use crate::config::{Cli, Command, DatabaseArgs, KeysCommand};
+use crate::feedback::TenantId;
+use crate::http::BODY_LIMIT_BYTES;
+use crate::store::{self, ApiKeyRecord, Revocation, Store};
+
+/// Any failure of a command, shown to the operator as one line.
+pub type CommandError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the command the command line names (`serve` by default).
+pub async fn run(cli: Cli) -> Result<(), CommandError> {
+    let (command, database) = cli.into_command();
+    match command {
+        Command::Serve(serve) => {
+            tracing::info!(
+                database = %database.database_url,
+                listen_addr = %serve.listen_addr,
+                body_limit_bytes = BODY_LIMIT_BYTES,
+                "starting"
+            );
+            let app = Application::build(serve, &database).await?;
+            tracing::info!(addr = %app.local_addr()?, "listening");
+            app.run_until(shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Migrate => {
+            let store = store::connect(&database.store_options()).await?;
+            store.close().await;
+            eprintln!("migrations applied to {}", database.database_url);
+            Ok(())
+        }
+        Command::Keys(keys) => run_keys(keys, &database).await,
+    }
+}
+
+async fn run_keys(command: KeysCommand, database: &DatabaseArgs) -> Result<(), CommandError> {
+    let store = store::connect(&database.store_options()).await?;
+    let result = run_keys_on(command, store.as_ref()).await;
+    store.close().await;
+    result
+}
+
+async fn run_keys_on(command: KeysCommand, store: &dyn Store) -> Result<(), CommandError> {
+    match command {
+        KeysCommand::Create { tenant, name } => {
+            let tenant = TenantId::parse(tenant).map_err(|e| format!("--tenant: {}", e.message))?;
+            let key = auth::generate_key(tenant, name);
+            store.insert_api_key(&key.record).await?;
+            eprintln!(
+                "created key {} for tenant {}; the secret below is shown only once",
+                key.record.id, key.record.tenant
+            );
+            println!("{}", key.secret);
+        }
+        KeysCommand::List { tenant, json } => {
+            let tenant = tenant
+                .map(TenantId::parse)
+                .transpose()
+                .map_err(|e| format!("--tenant: {}", e.message))?;
+            let keys = store.list_api_keys(tenant.as_ref()).await?;
+            print_keys(&keys, json)?;
+        }
+        KeysCommand::Revoke { key_id } => match store.revoke_api_key(&key_id).await? {
+            Revocation::Revoked => eprintln!(
+                "revoked {key_id}; servers stop accepting it within {} seconds",
+                auth::KEY_CACHE_TTL.as_secs() + 2
+            ),
+            Revocation::AlreadyRevoked => eprintln!("{key_id} was already revoked"),
+            Revocation::NotFound => return Err(format!("no API key with id {key_id:?}").into()),
+        },
+    }
+    Ok(())
+}
+
+fn print_keys(keys: &[ApiKeyRecord], json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let time = |t: chrono::DateTime<chrono::Utc>| crate::http::format_timestamp(t);
+    if json {
+        for key in keys {
+            let line = serde_json::json!({
+                "id": key.id,
+                "tenant": key.tenant.as_str(),
+                "name": key.name,
+                "prefix": key.prefix,
+                "created_at": time(key.created_at),
+                "revoked_at": key.revoked_at.map(time),
+            });
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<22} {:<20} {:<20} {:<14} {:<26} REVOKED",
+        "ID", "TENANT", "NAME", "PREFIX", "CREATED"
+    )?;
+    for key in keys {
+        writeln!(
+            out,
+            "{:<22} {:<20} {:<20} {:<14} {:<26} {}",
+            key.id,
+            key.tenant,
+            key.name.as_deref().unwrap_or("-"),
+            key.prefix,
+            time(key.created_at),
+            key.revoked_at.map_or_else(|| "-".to_owned(), time),
+        )?;
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,285 @@
+//! Command line and environment: every setting is a flag and a variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::StoreOptions;
+
+/// Records end users' thumbs up/down and comments on LLM outputs.
+#[derive(Debug, Parser)]
+#[command(
+    name = "llm-feedback",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Database settings, for every command.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Log settings, for every command.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Cli {
+    /// The command to run, `serve` by default.
+    #[must_use]
+    pub fn into_command(self) -> (Command, DatabaseArgs) {
+        (
+            self.command.unwrap_or(Command::Serve(self.serve)),
+            self.database,
+        )
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations, then serve HTTP until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; prints the secret, alone, on stdout.
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// A label for humans.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List API keys (never their secrets).
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// One JSON object a line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key; every server stops accepting it within 5 seconds.
+    Revoke {
+        /// The key's id, as `keys list` shows it.
+        key_id: String,
+    },
+}
+
+/// Settings of the HTTP server.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where to listen.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// Provision exactly this API key at start if it is not there yet.
+    #[arg(long, env = "BOOTSTRAP_API_KEY", hide_env_values = true)]
+    pub bootstrap_api_key: Option<Secret>,
+    /// The tenant of `BOOTSTRAP_API_KEY`.
+    #[arg(long, env = "BOOTSTRAP_TENANT", default_value = "default")]
+    pub bootstrap_tenant: String,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl ServeArgs {
+    /// The drain deadline.
+    #[must_use]
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `postgres://...` (production) or `sqlite://PATH` (embedded, the default).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/feedback.db", hide_env_values = true, value_parser = DatabaseUrl::parse, global = true)]
+    pub database_url: DatabaseUrl,
+    /// The most database connections this process opens.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub database_max_connections: u32,
+    /// How long a request waits for a database connection before it gets 503.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 1500, value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+    pub database_acquire_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    /// Settings for `store::connect`.
+    #[must_use]
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
+        }
+    }
+}
+
+/// Log settings.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter, in `tracing` `EnvFilter` syntax.
+    #[arg(
+        long = "log-filter",
+        env = "RUST_LOG",
+        default_value = "info",
+        global = true
+    )]
+    pub filter: String,
+    /// `pretty` or `json`; by default pretty on a terminal, JSON elsewhere.
+    #[arg(long, env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured.
+    Pretty,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Which database, parsed from `DATABASE_URL`; `Debug` and `Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://` or `postgresql://`.
+    Postgres(String),
+    /// `sqlite://PATH` or `sqlite:PATH`: the embedded store's file.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Parses a URL by its scheme.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        if let Some(rest) = raw.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() || path == ":memory:" {
+                return Err("sqlite URLs must name a file, e.g. sqlite://data/feedback.db".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        Err("expected a postgres://... or sqlite://... URL".into())
+    }
+
+    /// The URL as given, password included: only for the driver.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Postgres(url) => url,
+            Self::Sqlite(path) => path.to_str().unwrap_or_default(),
+        }
+    }
+
+    /// The URL with any password replaced by `***`, fit for logs and errors.
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Postgres(raw) => match url::Url::parse(raw) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    url.to_string()
+                }
+                Err(_) => "postgres://<unparsable URL>".to_owned(),
+            },
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// A secret from the environment; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(raw: String) -> Self {
+        Self(raw)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_the_backend_and_hide_passwords() {
+        let pg = DatabaseUrl::parse("postgres://app:hunter2@db:5432/feedback").unwrap();
+        assert!(matches!(pg, DatabaseUrl::Postgres(_)));
+        assert!(!pg.redacted().contains("hunter2"));
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/x.db").unwrap(),
+            DatabaseUrl::Sqlite(PathBuf::from("data/x.db"))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            DatabaseUrl::Sqlite(PathBuf::from("/tmp/x.db"))
+        );
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

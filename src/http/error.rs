@@ -1,0 +1,187 @@
+//! `AppError`: one variant per row of API.md's error table, one JSON envelope.
+
+use axum::Json;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::feedback::FieldError;
+use crate::store::StoreError;
+
+/// Results of handlers and extractors.
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// Everything a request can fail with, as the client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: bad JSON, types, fields, values or query.
+    #[error("{message}")]
+    InvalidRequest {
+        /// A summary for humans.
+        message: String,
+        /// One item per bad field, where fields are known.
+        details: Vec<FieldError>,
+    },
+    /// 401: missing, malformed, unknown or revoked key.
+    #[error("a valid API key is required (Authorization: Bearer <key>)")]
+    Unauthorized,
+    /// 404: no such entry or route visible to the caller.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// 405: known path, wrong method.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// 409: feedback for that output already exists.
+    #[error("feedback for this output already exists; use PUT to change it")]
+    Conflict,
+    /// 413: body over the limit.
+    #[error("request body is larger than 65536 bytes")]
+    PayloadTooLarge,
+    /// 415: body without a JSON content type.
+    #[error("expected a request body with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 429: over the rate limit.
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a request would be allowed.
+        retry_after_secs: u64,
+    },
+    /// 503: the database cannot be reached or the service is overloaded.
+    #[error("the service is temporarily unavailable; retry later")]
+    Unavailable(String),
+    /// 500: anything else; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    /// A 400 with a message and no field details.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// The HTTP status of each variant.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `error.code` of each variant.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<FieldError> for AppError {
+    fn from(err: FieldError) -> Self {
+        vec![err].into()
+    }
+}
+
+impl From<Vec<FieldError>> for AppError {
+    fn from(details: Vec<FieldError>) -> Self {
+        let message = details
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::InvalidRequest { message, details }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Self::Unavailable(err.to_string()),
+            StoreError::Corrupt(_) | StoreError::Other(_) => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+/// The cause of a 5xx, for the request log only: rides in the response's
+/// extensions and is written once by the request-log middleware.
+#[derive(Debug, Clone)]
+pub struct ErrorCause(pub String);
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    details: &'a [Detail<'a>],
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    field: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let details: Vec<Detail<'_>> = match &self {
+            Self::InvalidRequest { details, .. } => details
+                .iter()
+                .map(|d| Detail {
+                    field: &d.field,
+                    message: &d.message,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let envelope = Envelope {
+            error: Body {
+                code: self.code(),
+                message: self.to_string(),
+                details: &details,
+            },
+        };
+        let mut response = (self.status(), Json(envelope)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
+        if let Self::Unavailable(cause) | Self::Internal(cause) = self {
+            response.extensions_mut().insert(ErrorCause(cause));
+        }
+        response
+    }
+}

@@ -1,0 +1,71 @@
+//! The HTTP layer: router, layers, fallbacks.
+
+mod error;
+mod extract;
+mod feedback;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::get;
+
+pub use error::{AppError, ErrorCause, Result};
+pub use feedback::format_timestamp;
+
+use crate::auth::{self, Authenticator};
+use crate::store::Store;
+use crate::telemetry;
+
+/// Bodies up to this many bytes are read; larger ones are 413.
+pub const BODY_LIMIT_BYTES: usize = 65_536;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Where entries live.
+    pub store: Arc<dyn Store>,
+    /// Verifies API keys.
+    pub authenticator: Authenticator,
+}
+
+/// The whole service: every route, with its layers.
+pub fn router(state: AppState) -> Router {
+    let feedback = Router::new()
+        .route(
+            "/api/v1/llm/feedback/{kind}",
+            axum::routing::post(feedback::create_feedback),
+        )
+        .route(
+            "/api/v1/llm/feedback/{kind}/{id}",
+            get(feedback::get_feedback).put(feedback::update_feedback),
+        );
+    Router::new()
+        .merge(feedback)
+        .route("/healthz", get(healthz))
+        .route_layer(middleware::from_fn(telemetry::record_route))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        // Outside routing: authentication guards unknown `/api/v1` paths too.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ))
+        .layer(middleware::from_fn(telemetry::trace_request))
+        .with_state(state)
+}
+
+/// `GET /healthz`: the process is up; never touches the database.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such route")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}

@@ -1,0 +1,14 @@
+//! llm-feedback: records what end users think of LLM outputs.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod app;
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod feedback;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Application;
+pub use commands::run;

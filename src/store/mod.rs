@@ -1,0 +1,317 @@
+//! Persistence: one interface, one implementation per database.
+//!
+//! Handlers only ever see `dyn Store`. Every method takes the caller's
+//! [`Scope`] where entries are concerned, so no query can forget the tenant or
+//! the end user. Every write is one SQL statement: the database, not the
+//! application, arbitrates concurrent requests.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::DatabaseUrl;
+use crate::feedback::{
+    Description, EndUserId, Feedback, FeedbackChanges, FeedbackKey, ModelName, NewFeedback,
+    OutputId, OutputKind, Rating, Scope, TenantId,
+};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// What can go wrong in a store, in storage terms.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached right now (pool timeout, I/O, restart).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A row in the database breaks a domain rule (should never happen).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Anything else.
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            Self::Unavailable(err)
+        } else {
+            Self::Other(err)
+        }
+    }
+}
+
+/// Errors that mean "the database is not there right now", as opposed to
+/// "this statement is wrong".
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // PostgreSQL: 08 connection exception, 57P0x shutdown / cannot
+            // connect now, 53 insufficient resources. SQLite: 5 busy, 6 locked.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "5"
+                || code == "6"
+        }),
+        _ => false,
+    }
+}
+
+/// A store-level result.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A new API key as it is persisted: only the hash of the secret.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// Public identifier, used to revoke the key.
+    pub id: String,
+    /// The tenant the key acts for.
+    pub tenant: TenantId,
+    /// A label for humans.
+    pub name: Option<String>,
+    /// The first characters of the secret, to recognise it in listings.
+    pub prefix: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+}
+
+/// An API key as listed (never the secret, never the hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public identifier.
+    pub id: String,
+    /// The tenant the key acts for.
+    pub tenant: TenantId,
+    /// A label for humans.
+    pub name: Option<String>,
+    /// The first characters of the secret.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyRecord {
+    /// Whether the key no longer authenticates.
+    #[must_use]
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+}
+
+/// What revoking a key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The key was active and is now revoked.
+    Revoked,
+    /// The key had been revoked before.
+    AlreadyRevoked,
+    /// There is no key with that id.
+    NotFound,
+}
+
+/// The persistence interface, in domain words.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an entry; `None` when `(tenant, kind, id)` already exists, in
+    /// which case nothing was changed.
+    async fn insert_feedback(
+        &self,
+        scope: &Scope,
+        new: &NewFeedback,
+    ) -> StoreResult<Option<Feedback>>;
+
+    /// Applies the changes atomically; `None` when no entry is visible in scope.
+    async fn update_feedback(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+        changes: &FeedbackChanges,
+    ) -> StoreResult<Option<Feedback>>;
+
+    /// The entry visible in scope under that key.
+    async fn find_feedback(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+    ) -> StoreResult<Option<Feedback>>;
+
+    /// Stores a new key; `false` when a key with that hash already exists.
+    async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool>;
+
+    /// The key whose secret hashes to `secret_hash`.
+    async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    /// All keys, or those of one tenant, oldest first.
+    async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>>;
+
+    /// Revokes the key with that id.
+    async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation>;
+
+    /// Answers when the database does.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Closes every connection (checkpointing where the database has one).
+    async fn close(&self);
+}
+
+/// How to connect: the URL and the pool's limits.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Which database.
+    pub url: DatabaseUrl,
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered 503.
+    pub acquire_timeout: Duration,
+}
+
+/// Opens the store the URL names and applies pending migrations.
+pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn Store>, ConnectError> {
+    let store: Arc<dyn Store> = match &options.url {
+        DatabaseUrl::Postgres(_) => Arc::new(PostgresStore::connect(options).await?),
+        DatabaseUrl::Sqlite(_) => Arc::new(SqliteStore::connect(options).await?),
+    };
+    Ok(store)
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The database could not be reached or opened.
+    #[error("cannot connect to the database at {url}: {source}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The migrations failed.
+    #[error("cannot migrate the database at {url}: {source}")]
+    Migrate {
+        /// The URL, without its password.
+        url: String,
+        /// The migrator's error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// The SQLite file's folder could not be created.
+    #[error("cannot create the folder for {url}: {source}")]
+    CreateDir {
+        /// The URL.
+        url: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A feedback row as both backends read it, before it is checked.
+#[derive(Debug)]
+struct FeedbackRow {
+    output_id: String,
+    kind: String,
+    rating: Option<String>,
+    description: Option<String>,
+    model: Option<String>,
+    end_user: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<FeedbackRow> for Feedback {
+    type Error = StoreError;
+
+    fn try_from(row: FeedbackRow) -> Result<Self, Self::Error> {
+        let corrupt = |err: crate::feedback::FieldError| StoreError::Corrupt(err.to_string());
+        Ok(Self {
+            kind: OutputKind::parse(&row.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("kind {:?}", row.kind)))?,
+            id: OutputId::parse(row.output_id).map_err(corrupt)?,
+            rating: row
+                .rating
+                .as_deref()
+                .map(Rating::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            description: row
+                .description
+                .map(Description::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            model: row
+                .model
+                .map(ModelName::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            end_user: row
+                .end_user
+                .map(EndUserId::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// The SQL parameters of a partial update: for each field, whether to write
+/// it and the value to write (`NULL` clears).
+struct ChangeParams<'a> {
+    set_rating: bool,
+    rating: Option<&'static str>,
+    set_description: bool,
+    description: Option<&'a str>,
+}
+
+impl<'a> From<&'a FeedbackChanges> for ChangeParams<'a> {
+    fn from(changes: &'a FeedbackChanges) -> Self {
+        let rating = changes.rating.as_change();
+        let description = changes.description.as_change();
+        Self {
+            set_rating: rating.is_some(),
+            rating: rating.flatten().map(|r| r.as_str()),
+            set_description: description.is_some(),
+            description: description.flatten().map(Description::as_str),
+        }
+    }
+}
+
+/// An API key row as both backends read it.
+struct ApiKeyRow {
+    id: String,
+    tenant: String,
+    name: Option<String>,
+    prefix: String,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<ApiKeyRow> for ApiKeyRecord {
+    type Error = StoreError;
+
+    fn try_from(row: ApiKeyRow) -> Result<Self, Self::Error> {
+        Ok(Self {
+            id: row.id,
+            tenant: TenantId::parse(row.tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            name: row.name,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            revoked_at: row.revoked_at,
+        })
+    }
+}

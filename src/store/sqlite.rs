@@ -1,0 +1,304 @@
+//! The embedded SQLite store: the default when no `DATABASE_URL` is set.
+//!
+//! SQLite allows one writer at a time. Rather than let connections fight over
+//! the write lock (and surface `database is locked`), every write goes through
+//! a pool of exactly one connection, so writers queue in the pool, bounded by
+//! the acquire timeout; readers use their own pool and, in WAL mode, never
+//! wait for the writer.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{FromRow, Row};
+
+use super::{
+    ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FeedbackRow, NewApiKey, Revocation, Store,
+    StoreError, StoreOptions, StoreResult,
+};
+use crate::config::DatabaseUrl;
+use crate::feedback::{
+    Description, EndUserId, Feedback, FeedbackChanges, FeedbackKey, ModelName, NewFeedback, Rating,
+    Scope, TenantId,
+};
+
+/// Columns of a feedback entry, in `FeedbackRow` order.
+const FEEDBACK_COLUMNS: &str =
+    "output_id, kind, rating, description, model, end_user, created_at, updated_at";
+
+/// How long a connection waits for another process's write lock (the CLI
+/// writing keys while the server runs) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Entries stored in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file and applies pending migrations.
+    pub async fn connect(options: &StoreOptions) -> Result<Self, ConnectError> {
+        let url = options.url.redacted();
+        let DatabaseUrl::Sqlite(path) = &options.url else {
+            return Err(ConnectError::Connect {
+                url,
+                source: sqlx::Error::Configuration("not a sqlite:// URL".into()),
+            });
+        };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ConnectError::CreateDir {
+                url: url.clone(),
+                source,
+            })?;
+        }
+        // WAL: readers never block the writer nor the writer readers.
+        // synchronous=NORMAL: in WAL mode a commit survives a crash of the
+        // process; only an OS crash or power loss may lose the last commits.
+        let connect_options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let connect_error = |source| ConnectError::Connect {
+            url: url.clone(),
+            source,
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect_options.clone())
+            .await
+            .map_err(connect_error)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|source| ConnectError::Migrate {
+                url: url.clone(),
+                source,
+            })?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect_options.read_only(true))
+            .await
+            .map_err(connect_error)?;
+        Ok(Self { writer, readers })
+    }
+}
+
+/// The store's clock: UTC, truncated to the millisecond that is stored.
+fn now_millis() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn from_millis(millis: i64) -> sqlx::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {millis} out of range").into()))
+}
+
+impl<'r> FromRow<'r, SqliteRow> for FeedbackRow {
+    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            output_id: row.try_get("output_id")?,
+            kind: row.try_get("kind")?,
+            rating: row.try_get("rating")?,
+            description: row.try_get("description")?,
+            model: row.try_get("model")?,
+            end_user: row.try_get("end_user")?,
+            created_at: from_millis(row.try_get("created_at")?)?,
+            updated_at: from_millis(row.try_get("updated_at")?)?,
+        })
+    }
+}
+
+impl<'r> FromRow<'r, SqliteRow> for ApiKeyRow {
+    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
+            name: row.try_get("name")?,
+            prefix: row.try_get("prefix")?,
+            created_at: from_millis(row.try_get("created_at")?)?,
+            revoked_at: row
+                .try_get::<Option<i64>, _>("revoked_at")?
+                .map(from_millis)
+                .transpose()?,
+        })
+    }
+}
+
+fn into_feedback(row: Option<FeedbackRow>) -> StoreResult<Option<Feedback>> {
+    row.map(Feedback::try_from).transpose()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_feedback(
+        &self,
+        scope: &Scope,
+        new: &NewFeedback,
+    ) -> StoreResult<Option<Feedback>> {
+        let sql = format!(
+            "insert into feedback
+                 (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             on conflict (tenant, kind, output_id) do nothing
+             returning {FEEDBACK_COLUMNS}"
+        );
+        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+            .bind(scope.tenant.as_str())
+            .bind(new.key.kind.as_str())
+            .bind(new.key.id.as_str())
+            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+            .bind(new.rating.map(Rating::as_str))
+            .bind(new.description.as_ref().map(Description::as_str))
+            .bind(new.model.as_ref().map(ModelName::as_str))
+            .bind(now_millis())
+            .fetch_optional(&self.writer)
+            .await?;
+        into_feedback(row)
+    }
+
+    async fn update_feedback(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+        changes: &FeedbackChanges,
+    ) -> StoreResult<Option<Feedback>> {
+        let sql = format!(
+            "update feedback set
+                 rating = case when ?5 then ?6 else rating end,
+                 description = case when ?7 then ?8 else description end,
+                 updated_at = max(?9, updated_at)
+             where tenant = ?1 and kind = ?2 and output_id = ?3
+               and (?4 is null or end_user = ?4)
+             returning {FEEDBACK_COLUMNS}"
+        );
+        let params = ChangeParams::from(changes);
+        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+            .bind(scope.tenant.as_str())
+            .bind(key.kind.as_str())
+            .bind(key.id.as_str())
+            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+            .bind(params.set_rating)
+            .bind(params.rating)
+            .bind(params.set_description)
+            .bind(params.description)
+            .bind(now_millis())
+            .fetch_optional(&self.writer)
+            .await?;
+        into_feedback(row)
+    }
+
+    async fn find_feedback(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+    ) -> StoreResult<Option<Feedback>> {
+        let sql = format!(
+            "select {FEEDBACK_COLUMNS} from feedback
+             where tenant = ?1 and kind = ?2 and output_id = ?3
+               and (?4 is null or end_user = ?4)"
+        );
+        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+            .bind(scope.tenant.as_str())
+            .bind(key.kind.as_str())
+            .bind(key.id.as_str())
+            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+            .fetch_optional(&self.readers)
+            .await?;
+        into_feedback(row)
+    }
+
+    async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "insert into api_keys (id, tenant, name, prefix, secret_hash, created_at)
+             values (?1, ?2, ?3, ?4, ?5, ?6)
+             on conflict do nothing",
+        )
+        .bind(&key.id)
+        .bind(key.tenant.as_str())
+        .bind(key.name.as_deref())
+        .bind(&key.prefix)
+        .bind(&key.secret_hash)
+        .bind(now_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query_as::<_, ApiKeyRow>(
+            "select id, tenant, name, prefix, created_at, revoked_at
+             from api_keys where secret_hash = ?1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(ApiKeyRecord::try_from).transpose()
+    }
+
+    async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query_as::<_, ApiKeyRow>(
+            "select id, tenant, name, prefix, created_at, revoked_at
+             from api_keys where ?1 is null or tenant = ?1
+             order by created_at, id",
+        )
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter().map(ApiKeyRecord::try_from).collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation> {
+        // The writer pool has one connection, so nothing writes between the
+        // read and the update.
+        let mut tx = self.writer.begin().await?;
+        let previous: Option<(Option<i64>,)> =
+            sqlx::query_as("select revoked_at from api_keys where id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match previous {
+            None => Revocation::NotFound,
+            Some((Some(_),)) => Revocation::AlreadyRevoked,
+            Some((None,)) => {
+                sqlx::query("update api_keys set revoked_at = ?2 where id = ?1")
+                    .bind(id)
+                    .bind(now_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                Revocation::Revoked
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.readers.close().await;
+        // Fold the WAL back into the database file so that the file alone is
+        // a complete copy after shutdown.
+        if let Err(err) = sqlx::query("pragma wal_checkpoint(truncate)")
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::from)
+        {
+            tracing::warn!(error = %err, "could not checkpoint the SQLite WAL");
+        }
+        self.writer.close().await;
+    }
+}
