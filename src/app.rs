@@ -65,6 +65,13 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The store the application serves from (tests provision keys with it,
+    /// as the CLI does).
+    #[must_use]
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight
     /// requests finish for at most the shutdown timeout, and closes the store.
     pub async fn run_until(

@@ -1,0 +1,402 @@
+//! `spawn_app`: the production `Application` on a fresh database, and a client.
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use llm_feedback::Application;
+use llm_feedback::auth::generate_key;
+use llm_feedback::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
+use llm_feedback::feedback::TenantId;
+use llm_feedback::store::Store;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+/// Which store a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Prefix of every database the suite creates; stale ones are swept by age.
+const TEST_DB_PREFIX: &str = "llm_feedback_test_";
+/// Test databases older than this are left over from aborted runs.
+const STALE_AFTER_SECS: u64 = 3 * 3600;
+
+/// The server the suite creates its databases on (see scripts/test.sh).
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Replaces the database name of a PostgreSQL URL.
+fn with_database(url: &str, database: &str) -> String {
+    let mut url = url::Url::parse(url).expect("TEST_DATABASE_URL is not a URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_secs()
+}
+
+/// A fresh database on the test server, dropped (even on panic) when the
+/// guard is.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        sweep_stale_databases().await;
+        let name = format!(
+            "{TEST_DB_PREFIX}{}_{}",
+            unix_now(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut admin = PgConnection::connect(&admin_database_url())
+            .await
+            .expect("cannot reach the test PostgreSQL: run the suite with scripts/test.sh");
+        sqlx::query(&format!(r#"create database "{name}""#))
+            .execute(&mut admin)
+            .await
+            .expect("cannot create a test database");
+        let url = with_database(&admin_database_url(), &name);
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context: a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+                    let _ =
+                        sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
+                            .execute(&mut admin)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Drops test databases left behind by aborted runs (older than a few hours,
+/// so that concurrent runs never lose theirs). Once per process.
+async fn sweep_stale_databases() {
+    static SWEEP: Once = Once::new();
+    let mut first = false;
+    SWEEP.call_once(|| first = true);
+    if !first {
+        return;
+    }
+    let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await else {
+        return;
+    };
+    let names: Vec<(String,)> =
+        sqlx::query_as("select datname from pg_database where datname like $1")
+            .bind(format!("{TEST_DB_PREFIX}%"))
+            .fetch_all(&mut admin)
+            .await
+            .unwrap_or_default();
+    let cutoff = unix_now().saturating_sub(STALE_AFTER_SECS);
+    for (name,) in names {
+        let created = name
+            .strip_prefix(TEST_DB_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|created| created < cutoff) {
+            let _ = sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// Where a test's data lives; removed when the test ends.
+pub enum TestStorage {
+    Postgres(TestDatabase),
+    Sqlite(tempfile::TempDir),
+}
+
+impl TestStorage {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Self::Postgres(TestDatabase::create().await),
+            Backend::Sqlite => Self::Sqlite(tempfile::tempdir().expect("cannot create a temp dir")),
+        }
+    }
+
+    /// The `DATABASE_URL` of this storage.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Postgres(db) => db.url.clone(),
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("feedback.db").display()),
+        }
+    }
+}
+
+/// A running service, its store (for provisioning keys as the CLI does) and
+/// a key of tenant `tenant-a`.
+pub struct TestApp {
+    pub backend: Backend,
+    /// `http://127.0.0.1:PORT`
+    pub address: String,
+    pub client: reqwest::Client,
+    /// A key of tenant `tenant-a`.
+    pub api_key: String,
+    pub store: Arc<dyn Store>,
+    pub database_url: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    // Last: dropped after the server is told to stop.
+    _storage: TestStorage,
+}
+
+/// Serve settings for tests: port 0, no bootstrap key.
+pub fn test_serve_args() -> ServeArgs {
+    ServeArgs {
+        listen_addr: "127.0.0.1:0".parse().expect("valid address"),
+        bootstrap_api_key: None,
+        bootstrap_tenant: "default".to_owned(),
+        shutdown_timeout_secs: 5,
+    }
+}
+
+/// Database settings for tests: small pools (the server allows ~100
+/// connections for every test running at once).
+pub fn test_database_args(url: &str) -> DatabaseArgs {
+    DatabaseArgs {
+        database_url: DatabaseUrl::parse(url).expect("valid database URL"),
+        database_max_connections: 4,
+        database_acquire_timeout_ms: 5_000,
+    }
+}
+
+/// Starts the production application on a fresh database.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    init_test_logs();
+    let storage = TestStorage::new(backend).await;
+    let database_url = storage.url();
+    let app = Application::build(test_serve_args(), &test_database_args(&database_url))
+        .await
+        .expect("the application failed to start");
+    let address = format!("http://{}", app.local_addr().expect("bound address"));
+    let store = app.store();
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let mut test_app = TestApp {
+        backend,
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client"),
+        api_key: String::new(),
+        store,
+        database_url,
+        _shutdown: shutdown,
+        _storage: storage,
+    };
+    test_app.api_key = test_app.new_key("tenant-a").await;
+    test_app
+}
+
+/// Logs stay silent unless `TEST_LOG=1`.
+fn init_test_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber_init();
+        }
+    });
+}
+
+fn tracing_subscriber_init() -> Result<(), String> {
+    llm_feedback::telemetry::init(&llm_feedback::config::LogArgs {
+        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        log_format: None,
+    })
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The body as JSON (`Value::Null` if it was not JSON).
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("response body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Self {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    /// `error.code` of an error envelope.
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Percent-encodes an output id for use as a path segment.
+pub fn encode_id(id: &str) -> String {
+    utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
+}
+
+impl TestApp {
+    /// A new key for `tenant`, provisioned exactly as `keys create` does.
+    pub async fn new_key(&self, tenant: &str) -> String {
+        let key = generate_key(TenantId::parse(tenant).expect("valid tenant"), None);
+        assert!(
+            self.store
+                .insert_api_key(&key.record)
+                .await
+                .expect("insert key")
+        );
+        key.secret
+    }
+
+    /// The key id of a secret, as `keys list` shows it.
+    pub fn key_id(secret: &str) -> String {
+        llm_feedback::auth::key_record(secret, TenantId::parse("x").expect("tenant"), None).id
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A request with this app's key.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.api_key)
+    }
+
+    /// Sends and reads a request.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        Reply::read(request.send().await.expect("request failed")).await
+    }
+
+    /// `POST /api/v1/llm/feedback/{kind}` with a JSON body.
+    pub async fn create(&self, kind: &str, body: Value) -> Reply {
+        self.send(
+            self.request(Method::POST, &format!("/api/v1/llm/feedback/{kind}"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `PUT /api/v1/llm/feedback/{kind}/{id}` with a JSON body.
+    pub async fn update(&self, kind: &str, id: &str, body: Value) -> Reply {
+        self.send(
+            self.request(
+                Method::PUT,
+                &format!("/api/v1/llm/feedback/{kind}/{}", encode_id(id)),
+            )
+            .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/llm/feedback/{kind}/{id}`.
+    pub async fn get(&self, kind: &str, id: &str) -> Reply {
+        self.send(self.request(
+            Method::GET,
+            &format!("/api/v1/llm/feedback/{kind}/{}", encode_id(id)),
+        ))
+        .await
+    }
+
+    /// The same operations as another caller: any key, optional end user.
+    pub fn as_caller(&self, api_key: &str, end_user: Option<&str>) -> Caller<'_> {
+        Caller {
+            app: self,
+            api_key: api_key.to_owned(),
+            end_user: end_user.map(str::to_owned),
+        }
+    }
+}
+
+/// Requests with a given key and `X-On-Behalf-Of`.
+pub struct Caller<'a> {
+    app: &'a TestApp,
+    api_key: String,
+    end_user: Option<String>,
+}
+
+impl Caller<'_> {
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self
+            .app
+            .client
+            .request(method, self.app.url(path))
+            .bearer_auth(&self.api_key);
+        match &self.end_user {
+            Some(user) => builder.header("X-On-Behalf-Of", user),
+            None => builder,
+        }
+    }
+
+    pub async fn create(&self, kind: &str, body: Value) -> Reply {
+        self.app
+            .send(
+                self.request(Method::POST, &format!("/api/v1/llm/feedback/{kind}"))
+                    .json(&body),
+            )
+            .await
+    }
+
+    pub async fn update(&self, kind: &str, id: &str, body: Value) -> Reply {
+        self.app
+            .send(
+                self.request(
+                    Method::PUT,
+                    &format!("/api/v1/llm/feedback/{kind}/{}", encode_id(id)),
+                )
+                .json(&body),
+            )
+            .await
+    }
+
+    pub async fn get(&self, kind: &str, id: &str) -> Reply {
+        self.app
+            .send(self.request(
+                Method::GET,
+                &format!("/api/v1/llm/feedback/{kind}/{}", encode_id(id)),
+            ))
+            .await
+    }
+}

@@ -1,0 +1,36 @@
+//! The HTTP suite: every scenario runs against the real service, once on
+//! PostgreSQL and once on SQLite.
+
+mod helpers;
+
+/// Instantiates each scenario `async fn name(app: TestApp)` once per store,
+/// as `name::postgres` and `name::sqlite`.
+macro_rules! both_stores {
+    ($($scenario:ident),+ $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await;
+                    super::$scenario(app).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await;
+                    super::$scenario(app).await;
+                }
+            }
+        )+
+    };
+}
+
+mod auth;
+mod binary;
+mod cli;
+mod concurrency;
+mod create;
+mod errors;
+mod get;
+mod scoping;
+mod update;
