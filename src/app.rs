@@ -81,6 +81,7 @@ impl Application {
         let state = AppState {
             authenticator: Authenticator::new(Arc::clone(&self.store)),
             store: Arc::clone(&self.store),
+            export_max_rows: self.serve.export_max_rows,
         };
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, http::router(state))

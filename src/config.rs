@@ -95,6 +95,9 @@ pub struct ServeArgs {
     /// The tenant of `BOOTSTRAP_API_KEY`.
     #[arg(long, env = "BOOTSTRAP_TENANT", default_value = "default")]
     pub bootstrap_tenant: String,
+    /// The most rows one CSV export holds (`X-Export-Truncated: true` beyond).
+    #[arg(long, env = "EXPORT_MAX_ROWS", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub export_max_rows: u64,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,

@@ -94,6 +94,63 @@ pub struct Feedback {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Where an entry stands in the stable order of a listing: by creation time,
+/// ties broken by insertion order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    /// When the entry was created.
+    pub created_at: DateTime<Utc>,
+    /// Its insertion sequence number: unique and increasing.
+    pub seq: i64,
+}
+
+/// Which way a listing runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    /// Oldest first.
+    Asc,
+    /// Newest first (the default).
+    #[default]
+    Desc,
+}
+
+impl SortOrder {
+    /// Parses `asc` or `desc` (exactly, lowercase).
+    #[must_use]
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "asc" => Some(Self::Asc),
+            "desc" => Some(Self::Desc),
+            _ => None,
+        }
+    }
+}
+
+/// Which entries of a scope a listing or export covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackFilter {
+    /// The namespace listed.
+    pub kind: OutputKind,
+    /// Only entries with this rating.
+    pub rating: Option<Rating>,
+}
+
+/// One page of a keyset-paginated listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Which entries.
+    pub filter: FeedbackFilter,
+    /// Only entries strictly after this position (in `order`).
+    pub after: Option<Position>,
+    /// Only entries at or before this position in the stable order (an
+    /// export's snapshot: entries created while it runs are not in it).
+    pub until: Option<Position>,
+    /// Which way.
+    pub order: SortOrder,
+    /// At most this many entries.
+    pub limit: u32,
+}
+
 /// A validated create request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFeedback {

@@ -86,6 +86,9 @@ fn has_json_content_type(headers: &HeaderMap) -> bool {
         && (subtype == "json" || (subtype.ends_with("+json") && subtype.len() > "+json".len()))
 }
 
+/// The path segment of batch get, which is also a valid entry id.
+pub(crate) const BATCH_SEGMENT: &str = "batch";
+
 /// The `{kind}` segment of a collection path; an unknown kind is 404.
 #[derive(Debug)]
 pub(crate) struct KindParam(pub(crate) OutputKind);
@@ -131,7 +134,9 @@ impl<S: Send + Sync> FromRequestParts<S> for EntryParams {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let params = path_params(parts, state).await?;
         let kind = parse_kind(&params)?;
-        let id = OutputId::parse(param(&params, "id").unwrap_or_default())?;
+        // On `/{kind}/batch` the static segment is the id: GET and PUT there
+        // address an entry named `batch` (API.md); only POST is batch get.
+        let id = OutputId::parse(param(&params, "id").unwrap_or(BATCH_SEGMENT))?;
         Ok(Self(FeedbackKey { kind, id }))
     }
 }
@@ -169,5 +174,42 @@ mod tests {
             assert!(!has_json_content_type(&with_content_type(bad)), "{bad}");
         }
         assert!(!has_json_content_type(&HeaderMap::new()));
+    }
+}
+
+/// A query string held to API.md's rules: only `allowed` names, each at most
+/// once, none empty. Values are percent-decoded.
+#[derive(Debug, Default)]
+pub(crate) struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    pub(crate) fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, AppError> {
+        let mut params: Vec<(String, String)> = Vec::new();
+        let mut errors = Vec::new();
+        for (name, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let field = name.to_string();
+            if !allowed.contains(&name.as_ref()) {
+                errors.push(FieldError::new(
+                    field,
+                    format!("unknown query parameter; allowed: {}", allowed.join(", ")),
+                ));
+            } else if params.iter().any(|(seen, _)| *seen == name) {
+                errors.push(FieldError::new(field, "must be given at most once"));
+            } else if value.is_empty() {
+                errors.push(FieldError::new(field, "must not be empty"));
+            } else {
+                params.push((field, value.into_owned()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self(params))
+        } else {
+            Err(errors.into())
+        }
+    }
+
+    /// The value of `name`, if given.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        param(&self.0, name)
     }
 }

@@ -1,15 +1,18 @@
 //! The HTTP layer: router, layers, fallbacks.
 
+mod connection;
 mod error;
+mod export;
 mod extract;
 mod feedback;
+mod list;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 pub use error::{AppError, ErrorCause, Result};
 pub use feedback::format_timestamp;
@@ -28,6 +31,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Verifies API keys.
     pub authenticator: Authenticator,
+    /// The most rows one CSV export holds.
+    pub export_max_rows: u64,
 }
 
 /// The whole service: every route, with its layers.
@@ -35,11 +40,23 @@ pub fn router(state: AppState) -> Router {
     let feedback = Router::new()
         .route(
             "/api/v1/llm/feedback/{kind}",
-            axum::routing::post(feedback::create_feedback),
+            post(feedback::create_feedback).get(list::list_feedback),
         )
         .route(
             "/api/v1/llm/feedback/{kind}/{id}",
             get(feedback::get_feedback).put(feedback::update_feedback),
+        )
+        // Static segments win over `{id}`: GET and PUT here address the entry
+        // named `batch`, POST is batch get.
+        .route(
+            "/api/v1/llm/feedback/{kind}/batch",
+            post(list::batch_get_feedback)
+                .get(feedback::get_feedback)
+                .put(feedback::update_feedback),
+        )
+        .route(
+            "/api/v1/llm/feedback/export/{kind}",
+            get(export::export_feedback),
         );
     Router::new()
         .merge(feedback)
@@ -53,6 +70,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_api_key,
         ))
+        .layer(middleware::from_fn(connection::close_if_body_unread))
         .layer(middleware::from_fn(telemetry::trace_request))
         .with_state(state)
 }

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::DatabaseUrl;
 use crate::feedback::{
-    Description, EndUserId, Feedback, FeedbackChanges, FeedbackKey, ModelName, NewFeedback,
-    OutputId, OutputKind, Rating, Scope, TenantId,
+    Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
+    NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
 };
 
 pub use postgres::PostgresStore;
@@ -149,6 +149,40 @@ pub trait Store: Send + Sync + 'static {
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>>;
 
+    /// Where the entry visible in scope under that key stands in listings.
+    async fn find_position(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+    ) -> StoreResult<Option<Position>>;
+
+    /// One page of entries in scope, in the page's order, each with its
+    /// position (the cursor of the next page).
+    async fn list_feedback(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<(Position, Feedback)>>;
+
+    /// How many entries match, counting no further than `at_most`, among
+    /// those at or before `until`.
+    async fn count_feedback(
+        &self,
+        scope: &Scope,
+        filter: FeedbackFilter,
+        until: Position,
+        at_most: u64,
+    ) -> StoreResult<u64>;
+
+    /// The entries visible in scope among `ids`, in no particular order, in
+    /// one query.
+    async fn find_feedback_batch(
+        &self,
+        scope: &Scope,
+        kind: OutputKind,
+        ids: &[OutputId],
+    ) -> StoreResult<Vec<Feedback>>;
+
     /// Stores a new key; `false` when a key with that hash already exists.
     async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool>;
 
@@ -220,9 +254,17 @@ pub enum ConnectError {
     },
 }
 
+/// Columns of a feedback entry, as `FeedbackRow` reads them.
+const FEEDBACK_COLUMNS: &str =
+    "seq, output_id, kind, rating, description, model, end_user, created_at, updated_at";
+
+/// Entries are read in chunks of at most this many rows per query.
+pub const MAX_PAGE_ROWS: u32 = 1000;
+
 /// A feedback row as both backends read it, before it is checked.
 #[derive(Debug)]
 struct FeedbackRow {
+    seq: i64,
     output_id: String,
     kind: String,
     rating: Option<String>,
@@ -231,6 +273,31 @@ struct FeedbackRow {
     end_user: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl FeedbackRow {
+    fn position(&self) -> Position {
+        Position {
+            created_at: self.created_at,
+            seq: self.seq,
+        }
+    }
+}
+
+/// Rows of a listing, with the position of each.
+fn into_page(rows: Vec<FeedbackRow>) -> StoreResult<Vec<(Position, Feedback)>> {
+    rows.into_iter()
+        .map(|row| Ok((row.position(), Feedback::try_from(row)?)))
+        .collect()
+}
+
+/// Whether rows come oldest first, and the comparison that continues after
+/// a cursor in that direction.
+fn order_sql(page: &PageRequest) -> (&'static str, &'static str) {
+    match page.order {
+        crate::feedback::SortOrder::Asc => ("asc", ">"),
+        crate::feedback::SortOrder::Desc => ("desc", "<"),
+    }
 }
 
 impl TryFrom<FeedbackRow> for Feedback {

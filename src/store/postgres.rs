@@ -3,21 +3,18 @@
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, Postgres, QueryBuilder, Row};
 
 use super::{
-    ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FeedbackRow, NewApiKey, Revocation, Store,
-    StoreOptions, StoreResult,
+    ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
+    Revocation, Store, StoreOptions, StoreResult, into_page, order_sql,
 };
 use crate::feedback::{
-    Description, EndUserId, Feedback, FeedbackChanges, FeedbackKey, ModelName, NewFeedback, Rating,
-    Scope, TenantId,
+    Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
+    NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
 };
-
-/// Columns of a feedback entry, in `FeedbackRow` order.
-const FEEDBACK_COLUMNS: &str =
-    "output_id, kind, rating, description, model, end_user, created_at, updated_at";
 
 /// Entries stored through a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
@@ -62,6 +59,7 @@ impl PostgresStore {
 impl<'r> FromRow<'r, PgRow> for FeedbackRow {
     fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
         Ok(Self {
+            seq: row.try_get("seq")?,
             output_id: row.try_get("output_id")?,
             kind: row.try_get("kind")?,
             rating: row.try_get("rating")?,
@@ -173,6 +171,89 @@ impl Store for PostgresStore {
         into_feedback(row)
     }
 
+    async fn find_position(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+    ) -> StoreResult<Option<Position>> {
+        let row: Option<(DateTime<Utc>, i64)> = sqlx::query_as(
+            "select created_at, seq from feedback
+             where tenant = $1 and kind = $2 and output_id = $3
+               and ($4::text is null or end_user = $4)",
+        )
+        .bind(scope.tenant.as_str())
+        .bind(key.kind.as_str())
+        .bind(key.id.as_str())
+        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(created_at, seq)| Position { created_at, seq }))
+    }
+
+    async fn list_feedback(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<(Position, Feedback)>> {
+        let (direction, beyond) = order_sql(page);
+        let mut query = QueryBuilder::new(format!("select {FEEDBACK_COLUMNS} from feedback"));
+        push_list_conditions(&mut query, scope, page.filter, page.until);
+        if let Some(after) = page.after {
+            query.push(format!(" and (created_at, seq) {beyond} ("));
+            query.push_bind(after.created_at);
+            query.push(", ");
+            query.push_bind(after.seq);
+            query.push(")");
+        }
+        query.push(format!(
+            " order by created_at {direction}, seq {direction} limit "
+        ));
+        query.push_bind(i64::from(page.limit));
+        let rows = query
+            .build_query_as::<FeedbackRow>()
+            .fetch_all(&self.pool)
+            .await?;
+        into_page(rows)
+    }
+
+    async fn count_feedback(
+        &self,
+        scope: &Scope,
+        filter: FeedbackFilter,
+        until: Position,
+        at_most: u64,
+    ) -> StoreResult<u64> {
+        let mut query = QueryBuilder::new("select count(*) from (select 1 from feedback");
+        push_list_conditions(&mut query, scope, filter, Some(until));
+        query.push(" limit ");
+        query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
+        query.push(") as capped");
+        let (count,): (i64,) = query.build_query_as().fetch_one(&self.pool).await?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    async fn find_feedback_batch(
+        &self,
+        scope: &Scope,
+        kind: OutputKind,
+        ids: &[OutputId],
+    ) -> StoreResult<Vec<Feedback>> {
+        let sql = format!(
+            "select {FEEDBACK_COLUMNS} from feedback
+             where tenant = $1 and kind = $2 and output_id = any($3)
+               and ($4::text is null or end_user = $4)"
+        );
+        let ids: Vec<&str> = ids.iter().map(OutputId::as_str).collect();
+        let rows = sqlx::query_as::<_, FeedbackRow>(&sql)
+            .bind(scope.tenant.as_str())
+            .bind(kind.as_str())
+            .bind(&ids)
+            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Feedback::try_from).collect()
+    }
+
     async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool> {
         let result = sqlx::query(
             "insert into api_keys (id, tenant, name, prefix, secret_hash, created_at)
@@ -213,7 +294,7 @@ impl Store for PostgresStore {
     }
 
     async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation> {
-        let previous: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = sqlx::query_as(
+        let previous: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
             "with old as (select id, revoked_at from api_keys where id = $1 for update)
              update api_keys k set revoked_at = coalesce(old.revoked_at, date_trunc('milliseconds', now()))
              from old where k.id = old.id
@@ -236,5 +317,35 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// `where` conditions shared by listings and counts: scope, filter, snapshot.
+fn push_list_conditions(
+    query: &mut QueryBuilder<'_, Postgres>,
+    scope: &Scope,
+    filter: FeedbackFilter,
+    until: Option<Position>,
+) {
+    query.push(" where tenant = ");
+    query.push_bind(scope.tenant.as_str().to_owned());
+    query.push(" and kind = ");
+    query.push_bind(filter.kind.as_str());
+    // Conditions are left out rather than written `$n is null or ...`, so
+    // that each combination gets a plan that uses its index.
+    if let Some(user) = &scope.end_user {
+        query.push(" and end_user = ");
+        query.push_bind(user.as_str().to_owned());
+    }
+    if let Some(rating) = filter.rating {
+        query.push(" and rating = ");
+        query.push_bind(rating.as_str());
+    }
+    if let Some(until) = until {
+        query.push(" and (created_at, seq) <= (");
+        query.push_bind(until.created_at);
+        query.push(", ");
+        query.push_bind(until.seq);
+        query.push(")");
     }
 }

@@ -14,21 +14,17 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 
 use super::{
-    ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FeedbackRow, NewApiKey, Revocation, Store,
-    StoreError, StoreOptions, StoreResult,
+    ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
+    Revocation, Store, StoreError, StoreOptions, StoreResult, into_page, order_sql,
 };
 use crate::config::DatabaseUrl;
 use crate::feedback::{
-    Description, EndUserId, Feedback, FeedbackChanges, FeedbackKey, ModelName, NewFeedback, Rating,
-    Scope, TenantId,
+    Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
+    NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
 };
-
-/// Columns of a feedback entry, in `FeedbackRow` order.
-const FEEDBACK_COLUMNS: &str =
-    "output_id, kind, rating, description, model, end_user, created_at, updated_at";
 
 /// How long a connection waits for another process's write lock (the CLI
 /// writing keys while the server runs) before giving up.
@@ -107,6 +103,7 @@ fn from_millis(millis: i64) -> sqlx::Result<DateTime<Utc>> {
 impl<'r> FromRow<'r, SqliteRow> for FeedbackRow {
     fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
         Ok(Self {
+            seq: row.try_get("seq")?,
             output_id: row.try_get("output_id")?,
             kind: row.try_get("kind")?,
             rating: row.try_get("rating")?,
@@ -218,6 +215,99 @@ impl Store for SqliteStore {
         into_feedback(row)
     }
 
+    async fn find_position(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+    ) -> StoreResult<Option<Position>> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "select created_at, seq from feedback
+             where tenant = ?1 and kind = ?2 and output_id = ?3
+               and (?4 is null or end_user = ?4)",
+        )
+        .bind(scope.tenant.as_str())
+        .bind(key.kind.as_str())
+        .bind(key.id.as_str())
+        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some((created_at, seq)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Position {
+            created_at: from_millis(created_at)?,
+            seq,
+        }))
+    }
+
+    async fn list_feedback(
+        &self,
+        scope: &Scope,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<(Position, Feedback)>> {
+        let (direction, beyond) = order_sql(page);
+        let mut query = QueryBuilder::new(format!("select {FEEDBACK_COLUMNS} from feedback"));
+        push_list_conditions(&mut query, scope, page.filter, page.until);
+        if let Some(after) = page.after {
+            query.push(format!(" and (created_at, seq) {beyond} ("));
+            query.push_bind(after.created_at.timestamp_millis());
+            query.push(", ");
+            query.push_bind(after.seq);
+            query.push(")");
+        }
+        query.push(format!(
+            " order by created_at {direction}, seq {direction} limit "
+        ));
+        query.push_bind(i64::from(page.limit));
+        let rows = query
+            .build_query_as::<FeedbackRow>()
+            .fetch_all(&self.readers)
+            .await?;
+        into_page(rows)
+    }
+
+    async fn count_feedback(
+        &self,
+        scope: &Scope,
+        filter: FeedbackFilter,
+        until: Position,
+        at_most: u64,
+    ) -> StoreResult<u64> {
+        let mut query = QueryBuilder::new("select count(*) from (select 1 from feedback");
+        push_list_conditions(&mut query, scope, filter, Some(until));
+        query.push(" limit ");
+        query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
+        query.push(")");
+        let (count,): (i64,) = query.build_query_as().fetch_one(&self.readers).await?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    async fn find_feedback_batch(
+        &self,
+        scope: &Scope,
+        kind: OutputKind,
+        ids: &[OutputId],
+    ) -> StoreResult<Vec<Feedback>> {
+        // One statement for any number of ids: they travel as a JSON array.
+        let sql = format!(
+            "select {FEEDBACK_COLUMNS} from feedback
+             where tenant = ?1 and kind = ?2
+               and output_id in (select value from json_each(?3))
+               and (?4 is null or end_user = ?4)"
+        );
+        let ids: Vec<&str> = ids.iter().map(OutputId::as_str).collect();
+        let ids = serde_json::to_string(&ids)
+            .map_err(|err| StoreError::Corrupt(format!("cannot encode ids: {err}")))?;
+        let rows = sqlx::query_as::<_, FeedbackRow>(&sql)
+            .bind(scope.tenant.as_str())
+            .bind(kind.as_str())
+            .bind(ids)
+            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.into_iter().map(Feedback::try_from).collect()
+    }
+
     async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool> {
         let result = sqlx::query(
             "insert into api_keys (id, tenant, name, prefix, secret_hash, created_at)
@@ -300,5 +390,33 @@ impl Store for SqliteStore {
             tracing::warn!(error = %err, "could not checkpoint the SQLite WAL");
         }
         self.writer.close().await;
+    }
+}
+
+/// `where` conditions shared by listings and counts: scope, filter, snapshot.
+fn push_list_conditions(
+    query: &mut QueryBuilder<'_, Sqlite>,
+    scope: &Scope,
+    filter: FeedbackFilter,
+    until: Option<Position>,
+) {
+    query.push(" where tenant = ");
+    query.push_bind(scope.tenant.as_str().to_owned());
+    query.push(" and kind = ");
+    query.push_bind(filter.kind.as_str());
+    if let Some(user) = &scope.end_user {
+        query.push(" and end_user = ");
+        query.push_bind(user.as_str().to_owned());
+    }
+    if let Some(rating) = filter.rating {
+        query.push(" and rating = ");
+        query.push_bind(rating.as_str());
+    }
+    if let Some(until) = until {
+        query.push(" and (created_at, seq) <= (");
+        query.push_bind(until.created_at.timestamp_millis());
+        query.push(", ");
+        query.push_bind(until.seq);
+        query.push(")");
     }
 }

@@ -175,6 +175,7 @@ pub fn test_serve_args() -> ServeArgs {
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
         bootstrap_api_key: None,
         bootstrap_tenant: "default".to_owned(),
+        export_max_rows: 50_000,
         shutdown_timeout_secs: 5,
     }
 }
@@ -191,10 +192,17 @@ pub fn test_database_args(url: &str) -> DatabaseArgs {
 
 /// Starts the production application on a fresh database.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the application with adjusted settings (e.g. a small export cap).
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     init_test_logs();
     let storage = TestStorage::new(backend).await;
     let database_url = storage.url();
-    let app = Application::build(test_serve_args(), &test_database_args(&database_url))
+    let mut serve = test_serve_args();
+    configure(&mut serve);
+    let app = Application::build(serve, &test_database_args(&database_url))
         .await
         .expect("the application failed to start");
     let address = format!("http://{}", app.local_addr().expect("bound address"));
@@ -340,6 +348,30 @@ impl TestApp {
         .await
     }
 
+    /// `GET /api/v1/llm/feedback/{kind}?{query}` (query already encoded).
+    pub async fn list(&self, kind: &str, query: &str) -> Reply {
+        self.send(self.request(Method::GET, &format!("/api/v1/llm/feedback/{kind}?{query}")))
+            .await
+    }
+
+    /// `POST /api/v1/llm/feedback/{kind}/batch`.
+    pub async fn batch_get(&self, kind: &str, body: Value) -> Reply {
+        self.send(
+            self.request(Method::POST, &format!("/api/v1/llm/feedback/{kind}/batch"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/llm/feedback/export/{kind}?{query}`: the body is in `text`.
+    pub async fn export(&self, kind: &str, query: &str) -> Reply {
+        self.send(self.request(
+            Method::GET,
+            &format!("/api/v1/llm/feedback/export/{kind}?{query}"),
+        ))
+        .await
+    }
+
     /// The same operations as another caller: any key, optional end user.
     pub fn as_caller(&self, api_key: &str, end_user: Option<&str>) -> Caller<'_> {
         Caller {
@@ -398,5 +430,56 @@ impl Caller<'_> {
                 &format!("/api/v1/llm/feedback/{kind}/{}", encode_id(id)),
             ))
             .await
+    }
+}
+
+impl TestApp {
+    /// Inserts tenant-wide `completions` entries `{prefix}-1` ... `{prefix}-{count}`
+    /// of `tenant-a` straight into the database, bypassing the API: in that
+    /// insertion order, all with one `created_at`/`updated_at`, and a rating
+    /// that cycles with `n % 3`: 1 `thumbs_up`, 2 `thumbs_down`, 0 none.
+    pub(crate) async fn insert_completions_directly(&self, prefix: &str, count: i64) {
+        match self.backend {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.database_url)
+                    .await
+                    .expect("connect to the test database");
+                sqlx::query(
+                    "insert into feedback (tenant, kind, output_id, rating, created_at, updated_at)
+                     select 'tenant-a', 'completions', $1 || '-' || g,
+                            case g % 3 when 1 then 'thumbs_up' when 2 then 'thumbs_down' end,
+                            date_trunc('milliseconds', now()), date_trunc('milliseconds', now())
+                     from generate_series(1, $2) g
+                     order by g",
+                )
+                .bind(prefix)
+                .bind(count)
+                .execute(&pool)
+                .await
+                .expect("direct insert");
+                pool.close().await;
+            }
+            Backend::Sqlite => {
+                // The SQLite schema keeps timestamps as integer milliseconds.
+                let pool = sqlx::SqlitePool::connect(&self.database_url)
+                    .await
+                    .expect("open the test database");
+                sqlx::query(
+                    "with recursive g(n) as (select 1 union all select n + 1 from g where n < ?2)
+                     insert into feedback (tenant, kind, output_id, rating, created_at, updated_at)
+                     select 'tenant-a', 'completions', ?1 || '-' || n,
+                            case n % 3 when 1 then 'thumbs_up' when 2 then 'thumbs_down' end,
+                            ?3, ?3
+                     from g order by n",
+                )
+                .bind(prefix)
+                .bind(count)
+                .bind(chrono::Utc::now().timestamp_millis())
+                .execute(&pool)
+                .await
+                .expect("direct insert");
+                pool.close().await;
+            }
+        }
     }
 }

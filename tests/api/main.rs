@@ -31,6 +31,8 @@ mod cli;
 mod concurrency;
 mod create;
 mod errors;
+mod export;
+mod list;
 mod get;
 mod scoping;
 mod update;

@@ -1,0 +1,304 @@
+//! List (keyset-paginated) and batch get.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{ApiJson, KindParam, QueryParams};
+use super::feedback::{FeedbackResponse, format_timestamp};
+use super::{AppError, AppState, Result};
+use crate::auth::Caller;
+use crate::feedback::{
+    Description, Feedback, FeedbackFilter, FeedbackKey, FieldError, ModelName, OutputId,
+    OutputKind, PageRequest, Rating, SortOrder,
+};
+
+/// Default and bounds of `limit`.
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+/// Bounds of a batch get.
+const MAX_BATCH_IDS: usize = 100;
+
+/// `order` and `rating`, shared by list and export.
+pub(crate) fn parse_order_and_rating(
+    params: &QueryParams,
+    errors: &mut Vec<FieldError>,
+) -> (SortOrder, Option<Rating>) {
+    let order = match params.get("order") {
+        None => SortOrder::default(),
+        Some(raw) => SortOrder::parse(raw).unwrap_or_else(|| {
+            errors.push(FieldError::new("order", "must be one of \"asc\", \"desc\""));
+            SortOrder::default()
+        }),
+    };
+    let rating = params
+        .get("rating")
+        .and_then(|raw| Rating::parse(raw).map_err(|err| errors.push(err)).ok());
+    (order, rating)
+}
+
+/// A validated list query.
+struct ListQuery {
+    after: Option<OutputId>,
+    limit: u32,
+    order: SortOrder,
+    rating: Option<Rating>,
+}
+
+impl ListQuery {
+    fn parse(raw: Option<&str>) -> Result<Self> {
+        let params = QueryParams::parse(raw, &["after", "limit", "order", "rating"])?;
+        let mut errors = Vec::new();
+        let (order, rating) = parse_order_and_rating(&params, &mut errors);
+        let limit = match params.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(raw) => parse_limit(raw).unwrap_or_else(|| {
+                errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_LIMIT}"),
+                ));
+                DEFAULT_LIMIT
+            }),
+        };
+        let after = params.get("after").and_then(|raw| {
+            OutputId::parse(raw)
+                .map_err(|err| errors.push(FieldError::new("after", err.message)))
+                .ok()
+        });
+        if !errors.is_empty() {
+            return Err(errors.into());
+        }
+        Ok(Self {
+            after,
+            limit,
+            order,
+            rating,
+        })
+    }
+}
+
+/// Plain decimal digits only (no sign, no spaces), within bounds.
+fn parse_limit(raw: &str) -> Option<u32> {
+    if raw.is_empty() || raw.len() > 3 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+}
+
+/// A list item: MKA1's list shape (snake_case timestamps, `model` always).
+#[derive(Debug, Serialize)]
+pub(crate) struct ListItem {
+    id: String,
+    model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rating: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<Feedback> for ListItem {
+    fn from(entry: Feedback) -> Self {
+        Self {
+            id: entry.id.into_inner(),
+            model: entry.model.map(ModelName::into_inner).unwrap_or_default(),
+            rating: entry.rating.map(Rating::as_str),
+            description: entry.description.map(Description::into_inner),
+            created_at: format_timestamp(entry.created_at),
+            updated_at: format_timestamp(entry.updated_at),
+        }
+    }
+}
+
+/// A page of a listing.
+#[derive(Debug, Serialize)]
+pub(crate) struct ListResponse {
+    object: &'static str,
+    data: Vec<ListItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_id: Option<String>,
+    has_more: bool,
+}
+
+/// `GET /api/v1/llm/feedback/{kind}`: one page, newest first by default.
+pub(crate) async fn list_feedback(
+    State(app): State<AppState>,
+    caller: Caller,
+    KindParam(kind): KindParam,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Json<ListResponse>> {
+    let query = ListQuery::parse(raw_query.as_deref())?;
+    let scope = caller.scope();
+    let after = match query.after {
+        None => None,
+        Some(id) => Some(
+            app.store
+                .find_position(&scope, &FeedbackKey { kind, id })
+                .await?
+                .ok_or_else(|| {
+                    AppError::from(FieldError::new("after", "does not name an entry"))
+                })?,
+        ),
+    };
+    // One row more than asked tells whether another page follows.
+    let mut rows = app
+        .store
+        .list_feedback(
+            &scope,
+            &PageRequest {
+                filter: FeedbackFilter {
+                    kind,
+                    rating: query.rating,
+                },
+                after,
+                until: None,
+                order: query.order,
+                limit: query.limit + 1,
+            },
+        )
+        .await?;
+    let has_more = rows.len() > query.limit as usize;
+    rows.truncate(query.limit as usize);
+    let data: Vec<ListItem> = rows.into_iter().map(|(_, entry)| entry.into()).collect();
+    Ok(Json(ListResponse {
+        object: "list",
+        first_id: data.first().map(|item| item.id.clone()),
+        last_id: data.last().map(|item| item.id.clone()),
+        data,
+        has_more,
+    }))
+}
+
+/// Body of `POST /{kind}/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+pub(crate) struct BatchGetBody {
+    ids: Option<Vec<String>>,
+}
+
+impl BatchGetBody {
+    fn parse(self) -> Result<Vec<OutputId>> {
+        let ids = self.ids.ok_or_else(|| FieldError::required("ids"))?;
+        if ids.is_empty() || ids.len() > MAX_BATCH_IDS {
+            return Err(FieldError::new(
+                "ids",
+                format!("must hold 1 to {MAX_BATCH_IDS} ids (got {})", ids.len()),
+            )
+            .into());
+        }
+        let mut errors = Vec::new();
+        let parsed: Vec<OutputId> = ids
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, raw)| {
+                OutputId::parse(raw)
+                    .map_err(|err| {
+                        errors.push(FieldError::new(format!("ids[{index}]"), err.message));
+                    })
+                    .ok()
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(parsed)
+        } else {
+            Err(errors.into())
+        }
+    }
+}
+
+/// One answer of a batch get: the entry, or a `not_found` marker.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum BatchResult {
+    Found(FeedbackResponse),
+    Missing { id: String, error: &'static str },
+}
+
+/// Body of the batch get answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct BatchGetResponse {
+    results: Vec<BatchResult>,
+}
+
+/// `POST /api/v1/llm/feedback/{kind}/batch`: up to 100 entries in one query,
+/// answered in the order asked (duplicates answered each time).
+pub(crate) async fn batch_get_feedback(
+    State(app): State<AppState>,
+    caller: Caller,
+    KindParam(kind): KindParam,
+    ApiJson(body): ApiJson<BatchGetBody>,
+) -> Result<Json<BatchGetResponse>> {
+    let ids = body.parse()?;
+    let found = app
+        .store
+        .find_feedback_batch(&caller.scope(), kind, &ids)
+        .await?;
+    Ok(Json(BatchGetResponse {
+        results: answer_in_order(kind, &ids, &found),
+    }))
+}
+
+fn answer_in_order(kind: OutputKind, ids: &[OutputId], found: &[Feedback]) -> Vec<BatchResult> {
+    let by_id: std::collections::HashMap<&str, &Feedback> = found
+        .iter()
+        .filter(|entry| entry.kind == kind)
+        .map(|entry| (entry.id.as_str(), entry))
+        .collect();
+    ids.iter()
+        .map(|id| match by_id.get(id.as_str()) {
+            Some(entry) => BatchResult::Found((*entry).clone().into()),
+            None => BatchResult::Missing {
+                id: id.as_str().to_owned(),
+                error: "not_found",
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn limits_from_1_to_100_parse_and_nothing_else_does(raw in "\\PC{0,5}") {
+            let expected = raw.bytes().all(|b| b.is_ascii_digit())
+                && !raw.is_empty()
+                && raw.parse::<u32>().is_ok_and(|n| (1..=100).contains(&n));
+            prop_assert_eq!(parse_limit(&raw).is_some(), expected);
+        }
+    }
+
+    #[test]
+    fn list_queries_reject_unknown_repeated_empty_and_miscased_values() {
+        for bad in [
+            "limit=0",
+            "limit=101",
+            "limit=+5",
+            "limit=5.0",
+            "order=ASC",
+            "order=",
+            "after=",
+            "rating=up",
+            "foo=1",
+            "limit=5&limit=6",
+            "rating=THUMBS_UP",
+        ] {
+            assert!(ListQuery::parse(Some(bad)).is_err(), "{bad}");
+        }
+        let ok =
+            ListQuery::parse(Some("limit=100&order=asc&rating=thumbs_down&after=a%2Fb")).unwrap();
+        assert_eq!(ok.limit, 100);
+        assert_eq!(ok.order, SortOrder::Asc);
+        assert_eq!(ok.rating, Some(Rating::ThumbsDown));
+        assert_eq!(ok.after.unwrap().as_str(), "a/b");
+        assert_eq!(ListQuery::parse(None).unwrap().limit, 20);
+    }
+}
