@@ -46,13 +46,17 @@ impl Application {
     /// Connects and migrates the store, provisions keys, binds the listener.
     pub async fn build(serve: ServeArgs, database: &DatabaseArgs) -> Result<Self, StartupError> {
         let store = store::connect(&database.store_options()).await?;
-        bootstrap_keys(store.as_ref(), &serve, &database.database_url).await?;
+        let first_run_key = bootstrap_keys(store.as_ref(), &serve, &database.database_url).await?;
         let listener = TcpListener::bind(serve.listen_addr)
             .await
             .map_err(|source| StartupError::Bind {
                 addr: serve.listen_addr,
                 source,
             })?;
+        if let Some(key) = first_run_key {
+            let addr = listener.local_addr().unwrap_or(serve.listen_addr);
+            print_first_run_banner(&key.secret, &key.record.tenant, addr);
+        }
         Ok(Self {
             listener,
             store,
@@ -113,12 +117,12 @@ impl Application {
 }
 
 /// Provisions `BOOTSTRAP_API_KEY` if set; otherwise, on a first start of the
-/// embedded store, creates a key for tenant `default` and shows it once.
+/// embedded store, creates a key for tenant `default`, returned to be shown once.
 async fn bootstrap_keys(
     store: &dyn Store,
     serve: &ServeArgs,
     url: &DatabaseUrl,
-) -> Result<(), StartupError> {
+) -> Result<Option<auth::GeneratedKey>, StartupError> {
     let tenant = TenantId::parse(serve.bootstrap_tenant.clone())
         .map_err(|err| StartupError::Config(format!("BOOTSTRAP_TENANT: {}", err.message)))?;
     if let Some(secret) = &serve.bootstrap_api_key {
@@ -131,10 +135,10 @@ async fn bootstrap_keys(
             .await
             .map_err(StartupError::Bootstrap)?;
         tracing::info!(key_id = %record.id, created, "bootstrap API key provisioned");
-        return Ok(());
+        return Ok(None);
     }
     if !matches!(url, DatabaseUrl::Sqlite(_)) {
-        return Ok(());
+        return Ok(None);
     }
     let has_keys = !store
         .list_api_keys(None)
@@ -142,19 +146,17 @@ async fn bootstrap_keys(
         .map_err(StartupError::Bootstrap)?
         .is_empty();
     if has_keys {
-        return Ok(());
+        return Ok(None);
     }
     let key = auth::generate_key(tenant, Some("first-run".to_owned()));
     store
         .insert_api_key(&key.record)
         .await
         .map_err(StartupError::Bootstrap)?;
-    print_first_run_banner(&key.secret, &key.record.tenant, serve);
-    Ok(())
+    Ok(Some(key))
 }
 
-fn print_first_run_banner(secret: &str, tenant: &TenantId, serve: &ServeArgs) {
-    let addr = serve.listen_addr;
+fn print_first_run_banner(secret: &str, tenant: &TenantId, addr: SocketAddr) {
     let host = if addr.ip().is_unspecified() {
         format!("127.0.0.1:{}", addr.port())
     } else {

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{FromRow, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, FromRow, PgConnection, Postgres, QueryBuilder, Row};
 
 use super::{
     ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
@@ -33,15 +33,28 @@ impl PostgresStore {
                 source,
             })?
             .application_name("llm-feedback");
-        let pool = PgPoolOptions::new()
+        let pool = match PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect_options)
+            .connect_with(connect_options.clone())
             .await
-            .map_err(|source| ConnectError::Connect {
-                url: url.clone(),
-                source,
-            })?;
+        {
+            Ok(pool) => pool,
+            Err(sqlx::Error::PoolTimedOut) => {
+                // The pool only says it timed out; one direct attempt tells why
+                // (refused, unknown host, authentication failed...).
+                let cause = tokio::time::timeout(
+                    options.acquire_timeout,
+                    PgConnection::connect_with(&connect_options),
+                )
+                .await
+                .map_or(sqlx::Error::PoolTimedOut, |attempt| {
+                    attempt.err().unwrap_or(sqlx::Error::PoolTimedOut)
+                });
+                return Err(ConnectError::Connect { url, source: cause });
+            }
+            Err(source) => return Err(ConnectError::Connect { url, source }),
+        };
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await

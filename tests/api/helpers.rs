@@ -17,7 +17,7 @@ use sqlx::postgres::PgConnection;
 
 /// Which store a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Postgres,
     Sqlite,
 }
@@ -28,7 +28,7 @@ const TEST_DB_PREFIX: &str = "llm_feedback_test_";
 const STALE_AFTER_SECS: u64 = 3 * 3600;
 
 /// The server the suite creates its databases on (see scripts/test.sh).
-pub fn admin_database_url() -> String {
+pub(crate) fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
@@ -49,13 +49,13 @@ fn unix_now() -> u64 {
 
 /// A fresh database on the test server, dropped (even on panic) when the
 /// guard is.
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
+pub(crate) struct TestDatabase {
+    pub(crate) name: String,
+    pub(crate) url: String,
 }
 
 impl TestDatabase {
-    pub async fn create() -> Self {
+    pub(crate) async fn create() -> Self {
         sweep_stale_databases().await;
         let name = format!(
             "{TEST_DB_PREFIX}{}_{}",
@@ -131,13 +131,13 @@ async fn sweep_stale_databases() {
 }
 
 /// Where a test's data lives; removed when the test ends.
-pub enum TestStorage {
+pub(crate) enum TestStorage {
     Postgres(TestDatabase),
     Sqlite(tempfile::TempDir),
 }
 
 impl TestStorage {
-    pub async fn new(backend: Backend) -> Self {
+    pub(crate) async fn new(backend: Backend) -> Self {
         match backend {
             Backend::Postgres => Self::Postgres(TestDatabase::create().await),
             Backend::Sqlite => Self::Sqlite(tempfile::tempdir().expect("cannot create a temp dir")),
@@ -145,7 +145,7 @@ impl TestStorage {
     }
 
     /// The `DATABASE_URL` of this storage.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Self::Postgres(db) => db.url.clone(),
             Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("feedback.db").display()),
@@ -155,22 +155,22 @@ impl TestStorage {
 
 /// A running service, its store (for provisioning keys as the CLI does) and
 /// a key of tenant `tenant-a`.
-pub struct TestApp {
-    pub backend: Backend,
+pub(crate) struct TestApp {
+    pub(crate) backend: Backend,
     /// `http://127.0.0.1:PORT`
-    pub address: String,
-    pub client: reqwest::Client,
+    pub(crate) address: String,
+    pub(crate) client: reqwest::Client,
     /// A key of tenant `tenant-a`.
-    pub api_key: String,
-    pub store: Arc<dyn Store>,
-    pub database_url: String,
+    pub(crate) api_key: String,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) database_url: String,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     // Last: dropped after the server is told to stop.
     _storage: TestStorage,
 }
 
 /// Serve settings for tests: port 0, no bootstrap key.
-pub fn test_serve_args() -> ServeArgs {
+pub(crate) fn test_serve_args() -> ServeArgs {
     ServeArgs {
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
         bootstrap_api_key: None,
@@ -182,7 +182,7 @@ pub fn test_serve_args() -> ServeArgs {
 
 /// Database settings for tests: small pools (the server allows ~100
 /// connections for every test running at once).
-pub fn test_database_args(url: &str) -> DatabaseArgs {
+pub(crate) fn test_database_args(url: &str) -> DatabaseArgs {
     DatabaseArgs {
         database_url: DatabaseUrl::parse(url).expect("valid database URL"),
         database_max_connections: 4,
@@ -191,12 +191,15 @@ pub fn test_database_args(url: &str) -> DatabaseArgs {
 }
 
 /// Starts the production application on a fresh database.
-pub async fn spawn_app(backend: Backend) -> TestApp {
+pub(crate) async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
 /// Starts the application with adjusted settings (e.g. a small export cap).
-pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+pub(crate) async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut ServeArgs),
+) -> TestApp {
     init_test_logs();
     let storage = TestStorage::new(backend).await;
     let database_url = storage.url();
@@ -247,16 +250,16 @@ fn tracing_subscriber_init() -> Result<(), String> {
 
 /// A response, read whole.
 #[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: HeaderMap,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
     /// The body as JSON (`Value::Null` if it was not JSON).
-    pub body: Value,
-    pub text: String,
+    pub(crate) body: Value,
+    pub(crate) text: String,
 }
 
 impl Reply {
-    pub async fn read(response: reqwest::Response) -> Self {
+    pub(crate) async fn read(response: reqwest::Response) -> Self {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.expect("response body");
@@ -270,23 +273,23 @@ impl Reply {
     }
 
     /// `error.code` of an error envelope.
-    pub fn error_code(&self) -> &str {
+    pub(crate) fn error_code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or_default()
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 /// Percent-encodes an output id for use as a path segment.
-pub fn encode_id(id: &str) -> String {
+pub(crate) fn encode_id(id: &str) -> String {
     utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
 }
 
 impl TestApp {
     /// A new key for `tenant`, provisioned exactly as `keys create` does.
-    pub async fn new_key(&self, tenant: &str) -> String {
+    pub(crate) async fn new_key(&self, tenant: &str) -> String {
         let key = generate_key(TenantId::parse(tenant).expect("valid tenant"), None);
         assert!(
             self.store
@@ -298,28 +301,28 @@ impl TestApp {
     }
 
     /// The key id of a secret, as `keys list` shows it.
-    pub fn key_id(secret: &str) -> String {
+    pub(crate) fn key_id(secret: &str) -> String {
         llm_feedback::auth::key_record(secret, TenantId::parse("x").expect("tenant"), None).id
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     /// A request with this app's key.
-    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, self.url(path))
             .bearer_auth(&self.api_key)
     }
 
     /// Sends and reads a request.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         Reply::read(request.send().await.expect("request failed")).await
     }
 
     /// `POST /api/v1/llm/feedback/{kind}` with a JSON body.
-    pub async fn create(&self, kind: &str, body: Value) -> Reply {
+    pub(crate) async fn create(&self, kind: &str, body: Value) -> Reply {
         self.send(
             self.request(Method::POST, &format!("/api/v1/llm/feedback/{kind}"))
                 .json(&body),
@@ -328,7 +331,7 @@ impl TestApp {
     }
 
     /// `PUT /api/v1/llm/feedback/{kind}/{id}` with a JSON body.
-    pub async fn update(&self, kind: &str, id: &str, body: Value) -> Reply {
+    pub(crate) async fn update(&self, kind: &str, id: &str, body: Value) -> Reply {
         self.send(
             self.request(
                 Method::PUT,
@@ -340,7 +343,7 @@ impl TestApp {
     }
 
     /// `GET /api/v1/llm/feedback/{kind}/{id}`.
-    pub async fn get(&self, kind: &str, id: &str) -> Reply {
+    pub(crate) async fn get(&self, kind: &str, id: &str) -> Reply {
         self.send(self.request(
             Method::GET,
             &format!("/api/v1/llm/feedback/{kind}/{}", encode_id(id)),
@@ -349,13 +352,13 @@ impl TestApp {
     }
 
     /// `GET /api/v1/llm/feedback/{kind}?{query}` (query already encoded).
-    pub async fn list(&self, kind: &str, query: &str) -> Reply {
+    pub(crate) async fn list(&self, kind: &str, query: &str) -> Reply {
         self.send(self.request(Method::GET, &format!("/api/v1/llm/feedback/{kind}?{query}")))
             .await
     }
 
     /// `POST /api/v1/llm/feedback/{kind}/batch`.
-    pub async fn batch_get(&self, kind: &str, body: Value) -> Reply {
+    pub(crate) async fn batch_get(&self, kind: &str, body: Value) -> Reply {
         self.send(
             self.request(Method::POST, &format!("/api/v1/llm/feedback/{kind}/batch"))
                 .json(&body),
@@ -364,7 +367,7 @@ impl TestApp {
     }
 
     /// `GET /api/v1/llm/feedback/export/{kind}?{query}`: the body is in `text`.
-    pub async fn export(&self, kind: &str, query: &str) -> Reply {
+    pub(crate) async fn export(&self, kind: &str, query: &str) -> Reply {
         self.send(self.request(
             Method::GET,
             &format!("/api/v1/llm/feedback/export/{kind}?{query}"),
@@ -373,7 +376,7 @@ impl TestApp {
     }
 
     /// The same operations as another caller: any key, optional end user.
-    pub fn as_caller(&self, api_key: &str, end_user: Option<&str>) -> Caller<'_> {
+    pub(crate) fn as_caller(&self, api_key: &str, end_user: Option<&str>) -> Caller<'_> {
         Caller {
             app: self,
             api_key: api_key.to_owned(),
@@ -383,14 +386,14 @@ impl TestApp {
 }
 
 /// Requests with a given key and `X-On-Behalf-Of`.
-pub struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     app: &'a TestApp,
     api_key: String,
     end_user: Option<String>,
 }
 
 impl Caller<'_> {
-    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let builder = self
             .app
             .client
@@ -402,7 +405,7 @@ impl Caller<'_> {
         }
     }
 
-    pub async fn create(&self, kind: &str, body: Value) -> Reply {
+    pub(crate) async fn create(&self, kind: &str, body: Value) -> Reply {
         self.app
             .send(
                 self.request(Method::POST, &format!("/api/v1/llm/feedback/{kind}"))
@@ -411,7 +414,7 @@ impl Caller<'_> {
             .await
     }
 
-    pub async fn update(&self, kind: &str, id: &str, body: Value) -> Reply {
+    pub(crate) async fn update(&self, kind: &str, id: &str, body: Value) -> Reply {
         self.app
             .send(
                 self.request(
@@ -423,7 +426,7 @@ impl Caller<'_> {
             .await
     }
 
-    pub async fn get(&self, kind: &str, id: &str) -> Reply {
+    pub(crate) async fn get(&self, kind: &str, id: &str) -> Reply {
         self.app
             .send(self.request(
                 Method::GET,

@@ -32,7 +32,7 @@ mod concurrency;
 mod create;
 mod errors;
 mod export;
-mod list;
 mod get;
+mod list;
 mod scoping;
 mod update;
