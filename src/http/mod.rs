@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(feedback)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route_layer(middleware::from_fn(telemetry::record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -78,6 +79,20 @@ pub fn router(state: AppState) -> Router {
 /// `GET /healthz`: the process is up; never touches the database.
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// How long `/readyz` waits for the database.
+const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /readyz`: 200 when the database answers within a second, else 503.
+async fn readyz(axum::extract::State(app): axum::extract::State<AppState>) -> Result<&'static str> {
+    match tokio::time::timeout(READINESS_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => Ok("ready"),
+        Ok(Err(err)) => Err(AppError::Unavailable(format!("readiness: {err}"))),
+        Err(_) => Err(AppError::Unavailable(
+            "readiness: the database did not answer within 1 s".to_owned(),
+        )),
+    }
 }
 
 async fn not_found() -> AppError {
