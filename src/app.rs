@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{self, Authenticator};
+use std::num::NonZeroU32;
+
+use crate::auth;
 use crate::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
 use crate::feedback::TenantId;
-use crate::http::{self, AppState};
+use crate::http::{self, HttpSettings, KeyRateLimiter};
 use crate::store::{self, Store};
 
 /// Why the service could not start.
@@ -45,6 +47,8 @@ pub struct Application {
 impl Application {
     /// Connects and migrates the store, provisions keys, binds the listener.
     pub async fn build(serve: ServeArgs, database: &DatabaseArgs) -> Result<Self, StartupError> {
+        // Install the metrics recorder before anything counts.
+        crate::telemetry::metrics_handle();
         let store = store::connect(&database.store_options()).await?;
         let first_run_key = bootstrap_keys(store.as_ref(), &serve, &database.database_url).await?;
         let listener = TcpListener::bind(serve.listen_addr)
@@ -82,13 +86,29 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let state = AppState {
-            authenticator: Authenticator::new(Arc::clone(&self.store)),
-            store: Arc::clone(&self.store),
-            export_max_rows: self.serve.export_max_rows,
+        let rate_limiter = self
+            .serve
+            .rate_limit_per_second
+            .and_then(NonZeroU32::new)
+            .map(|per_second| {
+                Arc::new(KeyRateLimiter::new(
+                    per_second,
+                    self.serve.rate_limit_burst.and_then(NonZeroU32::new),
+                ))
+            });
+        let settings = HttpSettings {
+            max_concurrent_requests: self.serve.max_concurrent_requests as usize,
+            request_timeout: self.serve.request_timeout(),
+            cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
         };
+        let router = http::router(
+            Arc::clone(&self.store),
+            rate_limiter,
+            self.serve.export_max_rows,
+            &settings,
+        );
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, http::router(state))
+        let server = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutting down: draining in-flight requests");

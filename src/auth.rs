@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::feedback::{EndUserId, FieldError, Scope, TenantId};
 use crate::http::{AppError, AppState};
 use crate::store::{NewApiKey, Store, StoreError};
+use crate::telemetry::AUTH_FAILURES;
 
 /// Every generated secret starts with this, so leaked keys are recognisable
 /// (secret scanners, logs).
@@ -190,13 +191,23 @@ pub(crate) async fn require_api_key(
     if !(path == "/api/v1" || path.starts_with("/api/v1/")) {
         return Ok(next.run(request).await);
     }
-    let secret = bearer_secret(request.headers()).ok_or(AppError::Unauthorized)?;
-    let key = state
-        .authenticator
-        .verify(secret)
-        .await?
-        .ok_or(AppError::Unauthorized)?;
+    let Some(secret) = bearer_secret(request.headers()) else {
+        let reason = if request.headers().contains_key(AUTHORIZATION) {
+            "malformed"
+        } else {
+            "missing"
+        };
+        metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+        return Err(AppError::Unauthorized);
+    };
+    let Some(key) = state.authenticator.verify(secret).await? else {
+        metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
+        return Err(AppError::Unauthorized);
+    };
     tracing::Span::current().record("tenant", key.tenant.as_str());
+    if let Some(limiter) = &state.rate_limiter {
+        limiter.check(&key.key_id)?;
+    }
     let end_user = end_user(request.headers())?;
     request.extensions_mut().insert(Caller { key, end_user });
     Ok(next.run(request).await)

@@ -35,6 +35,48 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             Ok(())
         }
         Command::Keys(keys) => run_keys(keys, &database).await,
+        Command::Healthcheck { listen_addr } => healthcheck(listen_addr).await,
+    }
+}
+
+/// `GET /healthz` over plain HTTP/1.1 on the listen address; success only on
+/// a 200 within 3 seconds. Containers run it as their health check (the
+/// runtime image has no curl).
+async fn healthcheck(listen_addr: std::net::SocketAddr) -> Result<(), CommandError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut addr = listen_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut head = [0_u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    let head = tokio::time::timeout(std::time::Duration::from_secs(3), check)
+        .await
+        .map_err(|_| format!("no answer from http://{addr}/healthz within 3 s"))?
+        .map_err(|err| format!("http://{addr}/healthz: {err}"))?;
+    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "http://{addr}/healthz answered {:?}",
+            String::from_utf8_lossy(&head)
+        )
+        .into())
     }
 }
 

@@ -53,6 +53,13 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Exit 0 if the server on LISTEN_ADDR answers `GET /healthz` with 200
+    /// (for container health checks; needs no curl in the image).
+    Healthcheck {
+        /// Where the server listens; `0.0.0.0` is checked on `127.0.0.1`.
+        #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+        listen_addr: SocketAddr,
+    },
 }
 
 /// `keys` subcommands.
@@ -98,6 +105,21 @@ pub struct ServeArgs {
     /// The most rows one CSV export holds (`X-Export-Truncated: true` beyond).
     #[arg(long, env = "EXPORT_MAX_ROWS", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub export_max_rows: u64,
+    /// A request not answered within this time gets 503 unavailable.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+    /// API requests served at once; beyond, requests are answered 503 at once.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests: u32,
+    /// Requests per second allowed per API key (token bucket); unset: no limit.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests an API key may make in a burst; default: one second's worth.
+    #[arg(long, env = "RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_burst: Option<u32>,
+    /// Browser origins allowed to call the API (comma-separated), or `*`; unset: CORS off.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
@@ -108,6 +130,12 @@ impl ServeArgs {
     #[must_use]
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The per-request deadline.
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 

@@ -3,10 +3,13 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
+use std::sync::OnceLock;
+
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::{Instrument, field};
 use tracing_subscriber::EnvFilter;
 
@@ -89,10 +92,106 @@ pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response 
 }
 
 /// Route-level middleware: records the matched route template (never the raw
-/// path, which holds ids) in the request span.
+/// path, which holds ids) in the request span, and hands it to
+/// `trace_request` for the metrics labels.
 pub(crate) async fn record_route(request: Request, next: Next) -> Response {
-    if let Some(route) = request.extensions().get::<MatchedPath>() {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    if let Some(route) = &route {
         tracing::Span::current().record("route", route.as_str());
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response
+}
+
+/// Requests served, by `method`, `route` (template) and `status`.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+/// Time to the response head, in seconds, by `method`, `route` and `status`.
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+/// Entries created, by `kind` and `rating` (`none` when unset).
+pub const FEEDBACK_CREATED: &str = "feedback_created_total";
+/// Entries updated, by `kind` and the `rating` after the update.
+pub const FEEDBACK_UPDATED: &str = "feedback_updated_total";
+/// Requests refused by authentication, by `reason`.
+pub const AUTH_FAILURES: &str = "auth_failures_total";
+/// Requests refused by the per-key rate limit.
+pub const RATE_LIMITED: &str = "rate_limited_total";
+/// Requests shed because `MAX_CONCURRENT_REQUESTS` were in flight.
+pub const REQUESTS_SHED: &str = "requests_shed_total";
+/// Requests answered 503 because they ran past `REQUEST_TIMEOUT_MS`.
+pub const REQUEST_TIMEOUTS: &str = "request_timeouts_total";
+/// Database pool connections, by `pool` and `state` (`idle`, `in_use`).
+pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
+/// The most connections each database pool may open, by `pool`.
+pub const DB_POOL_MAX_CONNECTIONS: &str = "db_pool_max_connections";
+
+/// Latency buckets (seconds): from well under a millisecond to the default
+/// request timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus recorder, installed on first use. Every
+/// `Application` of a process (tests run several) reports into it.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full(HTTP_REQUEST_DURATION.to_owned()),
+                LATENCY_BUCKETS,
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        describe_metrics();
+        handle
+    })
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests served, by method, route template and status"
+    );
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to the response head, by method, route template and status"
+    );
+    metrics::describe_counter!(
+        FEEDBACK_CREATED,
+        "Feedback entries created, by kind and rating"
+    );
+    metrics::describe_counter!(
+        FEEDBACK_UPDATED,
+        "Feedback entries updated, by kind and rating after the update"
+    );
+    metrics::describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused by authentication, by reason"
+    );
+    metrics::describe_counter!(RATE_LIMITED, "Requests refused by the per-key rate limit");
+    metrics::describe_counter!(
+        REQUESTS_SHED,
+        "Requests shed because the concurrency limit was reached"
+    );
+    metrics::describe_counter!(
+        REQUEST_TIMEOUTS,
+        "Requests answered 503 after the request timeout"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database pool connections, by pool and state (idle, in_use)"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_MAX_CONNECTIONS,
+        "The most connections each database pool may open"
+    );
 }

@@ -5,6 +5,7 @@ use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::feedback::FieldError;
 use crate::store::StoreError;
@@ -130,42 +131,54 @@ impl From<StoreError> for AppError {
 #[derive(Debug, Clone)]
 pub struct ErrorCause(pub String);
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorEnvelope {
+    error: ErrorBody,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// Machine-readable: one per status (see the table in API.md).
+    #[schema(example = "invalid_request")]
     code: &'static str,
+    /// For humans; never internal detail.
+    #[schema(example = "description: must be at most 2000 characters (got 2001)")]
     message: String,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    details: &'a [Detail<'a>],
+    /// One item per bad field, where fields are known.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    details: Vec<ErrorDetail>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    field: &'a str,
-    message: &'a str,
+/// One bad field.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// The field as the client named it (`description`, `ids[3]`, `X-On-Behalf-Of`).
+    field: String,
+    /// What is wrong with it.
+    message: String,
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let details: Vec<Detail<'_>> = match &self {
+        let details = match &self {
             Self::InvalidRequest { details, .. } => details
                 .iter()
-                .map(|d| Detail {
-                    field: &d.field,
-                    message: &d.message,
+                .map(|d| ErrorDetail {
+                    field: d.field.clone(),
+                    message: d.message.clone(),
                 })
                 .collect(),
             _ => Vec::new(),
         };
-        let envelope = Envelope {
-            error: Body {
+        let envelope = ErrorEnvelope {
+            error: ErrorBody {
                 code: self.code(),
                 message: self.to_string(),
-                details: &details,
+                details,
             },
         };
         let mut response = (self.status(), Json(envelope)).into_response();

@@ -12,6 +12,7 @@ use futures_util::stream;
 use super::extract::{KindParam, QueryParams};
 use super::feedback::format_timestamp;
 use super::list::parse_order_and_rating;
+use super::openapi::{ExportParams, KindPath, OnBehalfOf};
 use super::{AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{Feedback, FeedbackFilter, PageRequest, Scope, SortOrder};
@@ -34,6 +35,23 @@ const CSV_HEADER: [&str; 7] = [
 /// `GET /api/v1/llm/feedback/export/{kind}`: every visible entry (up to the
 /// cap) as RFC 4180 CSV, read from the database a chunk at a time so that
 /// memory does not grow with the number of rows.
+#[utoipa::path(
+    get,
+    path = "/api/v1/llm/feedback/export/{kind}",
+    tag = "feedback",
+    summary = "Export feedback as CSV (streamed)",
+    params(KindPath, ExportParams, OnBehalfOf),
+    responses((
+        status = 200,
+        description = "RFC 4180 CSV with the header row id,model,rating,description,user,created_at,updated_at; cells that could start a spreadsheet formula are prefixed with '",
+        content_type = "text/csv",
+        body = String,
+        headers(
+            ("X-Export-Truncated" = String, description = "`true` when the row cap cut rows off; absent otherwise"),
+            ("Content-Disposition" = String, description = "attachment; filename=\"feedback-KIND-YYYY-MM-DD.csv\"")
+        )
+    ))
+)]
 pub(crate) async fn export_feedback(
     State(app): State<AppState>,
     caller: Caller,

@@ -5,32 +5,50 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::extract::{ApiJson, EntryParams, KindParam};
+use super::openapi::{EntryPath, KindPath, OnBehalfOf, RatingSchema};
 use super::{AppError, AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{
     Description, Feedback, FeedbackChanges, FeedbackKey, FieldError, ModelName, NewFeedback,
     OutputId, OutputKind, Patch, Rating,
 };
+use crate::telemetry::{FEEDBACK_CREATED, FEEDBACK_UPDATED};
 
-/// Body of `POST /{kind}`: raw values, parsed into `NewFeedback`.
-#[derive(Debug, Deserialize)]
+/// A new feedback entry (the body of create).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, expecting = "a JSON object")]
+#[schema(as = CreateFeedback)]
 pub(crate) struct CreateFeedbackBody {
+    /// The rated output's id: 1 to 256 characters, no control characters,
+    /// no leading or trailing whitespace.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 256, example = "resp-xyz789")]
     id: Option<String>,
+    /// The verdict; `null` means absent.
+    #[schema(value_type = Option<RatingSchema>)]
     rating: Option<String>,
+    /// A comment: at most 2000 Unicode scalar values; `""` is a value; `null` means absent.
+    #[schema(max_length = 2000, example = "Very helpful response!")]
     description: Option<String>,
+    /// The model that produced the output (an extension); never changes once set.
+    #[schema(min_length = 1, max_length = 256, example = "gpt-4o")]
     model: Option<String>,
 }
 
-/// Body of `PUT /{kind}/{id}`: each field absent, `null` or a value.
-#[derive(Debug, Deserialize)]
+/// Changes to an entry: each field absent (unchanged), `null` (cleared) or a value.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, expecting = "a JSON object")]
+#[schema(as = UpdateFeedback)]
 pub(crate) struct UpdateFeedbackBody {
+    /// Absent: unchanged; `null`: cleared; a value: replaced.
     #[serde(default)]
+    #[schema(value_type = Option<RatingSchema>)]
     rating: Patch<String>,
+    /// Absent: unchanged; `null`: cleared; a value (at most 2000 characters): replaced.
     #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     description: Patch<String>,
 }
 
@@ -89,18 +107,31 @@ impl TryFrom<UpdateFeedbackBody> for FeedbackChanges {
     }
 }
 
-/// An entry on the wire: unset fields omitted, camelCase millisecond timestamps.
-#[derive(Debug, Serialize)]
+/// A feedback entry: unset fields omitted, camelCase millisecond timestamps.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Feedback)]
 pub(crate) struct FeedbackResponse {
+    /// The rated output's id.
+    #[schema(example = "chatcmpl-abc123def456")]
     id: String,
+    /// Omitted when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<RatingSchema>, nullable = false)]
     rating: Option<&'static str>,
+    /// Omitted when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, max_length = 2000)]
     description: Option<String>,
+    /// Present only when given at creation.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     model: Option<String>,
+    /// RFC 3339, UTC, milliseconds; never changes.
+    #[schema(format = DateTime, example = "2024-01-15T10:30:00.000Z")]
     created_at: String,
+    /// RFC 3339, UTC, milliseconds; set on creation and every update.
+    #[schema(format = DateTime, example = "2024-01-16T10:30:00.000Z")]
     updated_at: String,
 }
 
@@ -124,6 +155,15 @@ impl From<Feedback> for FeedbackResponse {
 }
 
 /// `POST /api/v1/llm/feedback/{kind}`: records feedback once per output.
+#[utoipa::path(
+    post,
+    path = "/api/v1/llm/feedback/{kind}",
+    tag = "feedback",
+    summary = "Create feedback for an output",
+    params(KindPath, OnBehalfOf),
+    request_body = CreateFeedbackBody,
+    responses((status = 201, description = "Created", body = FeedbackResponse))
+)]
 pub(crate) async fn create_feedback(
     State(app): State<AppState>,
     caller: Caller,
@@ -136,10 +176,20 @@ pub(crate) async fn create_feedback(
         .insert_feedback(&caller.scope(), &new)
         .await?
         .ok_or(AppError::Conflict)?;
+    count_write(FEEDBACK_CREATED, &entry);
     Ok((StatusCode::CREATED, Json(entry.into())))
 }
 
 /// `PUT /api/v1/llm/feedback/{kind}/{id}`: applies the fields present, atomically.
+#[utoipa::path(
+    put,
+    path = "/api/v1/llm/feedback/{kind}/{id}",
+    tag = "feedback",
+    summary = "Update feedback: absent fields stay, null clears, a value replaces",
+    params(EntryPath, OnBehalfOf),
+    request_body = UpdateFeedbackBody,
+    responses((status = 200, description = "Updated", body = FeedbackResponse))
+)]
 pub(crate) async fn update_feedback(
     State(app): State<AppState>,
     caller: Caller,
@@ -152,10 +202,19 @@ pub(crate) async fn update_feedback(
         .update_feedback(&caller.scope(), &key, &changes)
         .await?
         .ok_or(AppError::NotFound(NO_SUCH_ENTRY))?;
+    count_write(FEEDBACK_UPDATED, &entry);
     Ok(Json(entry.into()))
 }
 
 /// `GET /api/v1/llm/feedback/{kind}/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/llm/feedback/{kind}/{id}",
+    tag = "feedback",
+    summary = "Get feedback",
+    params(EntryPath, OnBehalfOf),
+    responses((status = 200, description = "The entry", body = FeedbackResponse))
+)]
 pub(crate) async fn get_feedback(
     State(app): State<AppState>,
     caller: Caller,
@@ -169,4 +228,47 @@ pub(crate) async fn get_feedback(
     Ok(Json(entry.into()))
 }
 
+/// `GET /api/v1/llm/feedback/{kind}/batch`: the entry named `batch` (only
+/// `POST` there is batch get).
+#[utoipa::path(
+    get,
+    path = "/api/v1/llm/feedback/{kind}/batch",
+    tag = "feedback",
+    summary = "Get the entry whose id is `batch`",
+    params(KindPath, OnBehalfOf),
+    responses((status = 200, description = "The entry", body = FeedbackResponse))
+)]
+pub(crate) async fn get_feedback_named_batch(
+    state: State<AppState>,
+    caller: Caller,
+    key: EntryParams,
+) -> Result<Json<FeedbackResponse>> {
+    get_feedback(state, caller, key).await
+}
+
+/// `PUT /api/v1/llm/feedback/{kind}/batch`: updates the entry named `batch`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/llm/feedback/{kind}/batch",
+    tag = "feedback",
+    summary = "Update the entry whose id is `batch`",
+    params(KindPath, OnBehalfOf),
+    request_body = UpdateFeedbackBody,
+    responses((status = 200, description = "Updated", body = FeedbackResponse))
+)]
+pub(crate) async fn update_feedback_named_batch(
+    state: State<AppState>,
+    caller: Caller,
+    key: EntryParams,
+    body: ApiJson<UpdateFeedbackBody>,
+) -> Result<Json<FeedbackResponse>> {
+    update_feedback(state, caller, key, body).await
+}
+
 const NO_SUCH_ENTRY: &str = "no feedback for this output";
+
+/// Counts a successful write by kind and resulting rating.
+fn count_write(metric: &'static str, entry: &Feedback) {
+    let rating = entry.rating.map_or("none", Rating::as_str);
+    metrics::counter!(metric, "kind" => entry.kind.as_str(), "rating" => rating).increment(1);
+}

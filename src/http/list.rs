@@ -3,9 +3,11 @@
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::extract::{ApiJson, KindParam, QueryParams};
 use super::feedback::{FeedbackResponse, format_timestamp};
+use super::openapi::{KindPath, ListParams, OnBehalfOf, RatingSchema};
 use super::{AppError, AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{
@@ -88,15 +90,25 @@ fn parse_limit(raw: &str) -> Option<u32> {
 }
 
 /// A list item: MKA1's list shape (snake_case timestamps, `model` always).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ListItem {
+    /// The rated output's id.
     id: String,
+    /// The model given at creation, `""` when none was.
     model: String,
+    /// Omitted when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<RatingSchema>, nullable = false)]
     rating: Option<&'static str>,
+    /// Omitted when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, max_length = 2000)]
     description: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime)]
     created_at: String,
+    /// RFC 3339, UTC, milliseconds.
+    #[schema(format = DateTime)]
     updated_at: String,
 }
 
@@ -114,18 +126,35 @@ impl From<Feedback> for ListItem {
 }
 
 /// A page of a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = FeedbackList)]
 pub(crate) struct ListResponse {
+    /// Always `list`.
+    #[schema(example = "list")]
     object: &'static str,
+    /// The page, in the requested order.
     data: Vec<ListItem>,
+    /// The first item's id; omitted on an empty page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     first_id: Option<String>,
+    /// The last item's id (the next page's `after`); omitted on an empty page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     last_id: Option<String>,
+    /// Whether another page follows.
     has_more: bool,
 }
 
 /// `GET /api/v1/llm/feedback/{kind}`: one page, newest first by default.
+#[utoipa::path(
+    get,
+    path = "/api/v1/llm/feedback/{kind}",
+    tag = "feedback",
+    summary = "List feedback, keyset-paginated",
+    params(KindPath, ListParams, OnBehalfOf),
+    responses((status = 200, description = "One page", body = ListResponse))
+)]
 pub(crate) async fn list_feedback(
     State(app): State<AppState>,
     caller: Caller,
@@ -174,10 +203,13 @@ pub(crate) async fn list_feedback(
     }))
 }
 
-/// Body of `POST /{kind}/batch`.
-#[derive(Debug, Deserialize)]
+/// The ids to fetch (the body of batch get).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, expecting = "a JSON object")]
+#[schema(as = BatchGet)]
 pub(crate) struct BatchGetBody {
+    /// 1 to 100 output ids; duplicates are answered each time.
+    #[schema(value_type = Vec<String>, required = true, min_items = 1, max_items = 100)]
     ids: Option<Vec<String>>,
 }
 
@@ -212,21 +244,40 @@ impl BatchGetBody {
 }
 
 /// One answer of a batch get: the entry, or a `not_found` marker.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum BatchResult {
+    /// The entry.
     Found(FeedbackResponse),
-    Missing { id: String, error: &'static str },
+    /// No entry visible to the caller has that id.
+    Missing {
+        /// The id asked for.
+        id: String,
+        /// Always `not_found`.
+        #[schema(example = "not_found")]
+        error: &'static str,
+    },
 }
 
 /// Body of the batch get answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = BatchGetResults)]
 pub(crate) struct BatchGetResponse {
+    /// One item per id asked for, in the same order.
     results: Vec<BatchResult>,
 }
 
 /// `POST /api/v1/llm/feedback/{kind}/batch`: up to 100 entries in one query,
 /// answered in the order asked (duplicates answered each time).
+#[utoipa::path(
+    post,
+    path = "/api/v1/llm/feedback/{kind}/batch",
+    tag = "feedback",
+    summary = "Get up to 100 entries at once",
+    params(KindPath, OnBehalfOf),
+    request_body = BatchGetBody,
+    responses((status = 200, description = "One result per id, in order", body = BatchGetResponse))
+)]
 pub(crate) async fn batch_get_feedback(
     State(app): State<AppState>,
     caller: Caller,

@@ -5,17 +5,26 @@ mod error;
 mod export;
 mod extract;
 mod feedback;
+mod limits;
 mod list;
+mod openapi;
+mod ops;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware;
-use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::{AppError, ErrorCause, Result};
 pub use feedback::format_timestamp;
+pub use limits::KeyRateLimiter;
+use limits::Limits;
 
 use crate::auth::{self, Authenticator};
 use crate::store::Store;
@@ -31,37 +40,77 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Verifies API keys.
     pub authenticator: Authenticator,
+    /// The per-key rate limit, when configured.
+    pub rate_limiter: Option<Arc<KeyRateLimiter>>,
     /// The most rows one CSV export holds.
     pub export_max_rows: u64,
+    /// The OpenAPI document, serialized once.
+    pub openapi_json: Arc<str>,
+}
+
+/// Settings of the layers around the routes.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// API requests in flight at once before shedding.
+    pub max_concurrent_requests: usize,
+    /// Deadline of each request.
+    pub request_timeout: std::time::Duration,
+    /// Browser origins allowed (`*` for any); empty: CORS off.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// Every route, each with its OpenAPI annotation: what is served is what is
+/// documented.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(feedback::create_feedback, list::list_feedback))
+        .routes(routes!(feedback::get_feedback, feedback::update_feedback))
+        // Static segments win over `{id}`: GET and PUT here address the entry
+        // named `batch`, POST is batch get.
+        .routes(routes!(
+            list::batch_get_feedback,
+            feedback::get_feedback_named_batch,
+            feedback::update_feedback_named_batch
+        ))
+        .routes(routes!(export::export_feedback))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
+}
+
+/// The OpenAPI document of every route.
+#[must_use]
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes_and_document().1
+}
+
+fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (service_routes, mut document) = routes().split_for_parts();
+    openapi::finish(&mut document);
+    (service_routes, document)
 }
 
 /// The whole service: every route, with its layers.
-pub fn router(state: AppState) -> Router {
-    let feedback = Router::new()
-        .route(
-            "/api/v1/llm/feedback/{kind}",
-            post(feedback::create_feedback).get(list::list_feedback),
-        )
-        .route(
-            "/api/v1/llm/feedback/{kind}/{id}",
-            get(feedback::get_feedback).put(feedback::update_feedback),
-        )
-        // Static segments win over `{id}`: GET and PUT here address the entry
-        // named `batch`, POST is batch get.
-        .route(
-            "/api/v1/llm/feedback/{kind}/batch",
-            post(list::batch_get_feedback)
-                .get(feedback::get_feedback)
-                .put(feedback::update_feedback),
-        )
-        .route(
-            "/api/v1/llm/feedback/export/{kind}",
-            get(export::export_feedback),
-        );
-    Router::new()
-        .merge(feedback)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router(
+    store: Arc<dyn Store>,
+    rate_limiter: Option<Arc<KeyRateLimiter>>,
+    export_max_rows: u64,
+    settings: &HttpSettings,
+) -> Router {
+    let (service_routes, document) = routes_and_document();
+    let openapi_json = document
+        .to_json()
+        .unwrap_or_else(|err| format!(r#"{{"error":"cannot serialize the document: {err}"}}"#));
+    let state = AppState {
+        authenticator: Authenticator::new(Arc::clone(&store)),
+        store,
+        rate_limiter,
+        export_max_rows,
+        openapi_json: openapi_json.into(),
+    };
+    let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
+    let layered = service_routes
         .route_layer(middleware::from_fn(telemetry::record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -72,27 +121,57 @@ pub fn router(state: AppState) -> Router {
             auth::require_api_key,
         ))
         .layer(middleware::from_fn(connection::close_if_body_unread))
+        .layer(middleware::from_fn_with_state(
+            limits,
+            limits::enforce_limits,
+        ));
+    // CORS outside authentication: preflights carry no credentials.
+    let layered = match cors_layer(&settings.cors_allowed_origins) {
+        Some(cors) => layered.layer(cors),
+        None => layered,
+    };
+    layered
         .layer(middleware::from_fn(telemetry::trace_request))
         .with_state(state)
 }
 
-/// `GET /healthz`: the process is up; never touches the database.
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// How long `/readyz` waits for the database.
-const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// `GET /readyz`: 200 when the database answers within a second, else 503.
-async fn readyz(axum::extract::State(app): axum::extract::State<AppState>) -> Result<&'static str> {
-    match tokio::time::timeout(READINESS_TIMEOUT, app.store.ping()).await {
-        Ok(Ok(())) => Ok("ready"),
-        Ok(Err(err)) => Err(AppError::Unavailable(format!("readiness: {err}"))),
-        Err(_) => Err(AppError::Unavailable(
-            "readiness: the database did not answer within 1 s".to_owned(),
-        )),
+/// CORS for browser frontends, when origins are configured.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|origin| !origin.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return None;
     }
+    let allow_origin = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::PUT])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-on-behalf-of"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("x-export-truncated"),
+                header::RETRY_AFTER,
+                header::CONTENT_DISPOSITION,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> AppError {

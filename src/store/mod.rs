@@ -112,6 +112,30 @@ impl ApiKeyRecord {
     }
 }
 
+/// The state of one connection pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Which pool (`main`; SQLite: `writer` and `readers`).
+    pub pool: &'static str,
+    /// Connections open now.
+    pub open: u32,
+    /// Of those, idle.
+    pub idle: u32,
+    /// The most it may open.
+    pub max: u32,
+}
+
+impl PoolStats {
+    fn of<DB: sqlx::Database>(pool_name: &'static str, pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            pool: pool_name,
+            open: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        }
+    }
+}
+
 /// What revoking a key did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
@@ -197,6 +221,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Answers when the database does.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Connection counts of each pool, for metrics.
+    fn pool_stats(&self) -> Vec<PoolStats>;
 
     /// Closes every connection (checkpointing where the database has one).
     async fn close(&self);

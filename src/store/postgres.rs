@@ -9,7 +9,7 @@ use sqlx::{Connection, FromRow, PgConnection, Postgres, QueryBuilder, Row};
 
 use super::{
     ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
-    Revocation, Store, StoreOptions, StoreResult, into_page, order_sql,
+    PoolStats, Revocation, Store, StoreOptions, StoreResult, into_page, order_sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -326,6 +326,10 @@ impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("select 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        vec![PoolStats::of("main", &self.pool)]
     }
 
     async fn close(&self) {

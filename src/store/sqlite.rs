@@ -18,7 +18,7 @@ use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
 
 use super::{
     ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
-    Revocation, Store, StoreError, StoreOptions, StoreResult, into_page, order_sql,
+    PoolStats, Revocation, Store, StoreError, StoreOptions, StoreResult, into_page, order_sql,
 };
 use crate::config::DatabaseUrl;
 use crate::feedback::{
@@ -376,6 +376,13 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("select 1").execute(&self.readers).await?;
         Ok(())
+    }
+
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        vec![
+            PoolStats::of("writer", &self.writer),
+            PoolStats::of("readers", &self.readers),
+        ]
     }
 
     async fn close(&self) {

@@ -176,6 +176,11 @@ pub(crate) fn test_serve_args() -> ServeArgs {
         bootstrap_api_key: None,
         bootstrap_tenant: "default".to_owned(),
         export_max_rows: 50_000,
+        request_timeout_ms: 10_000,
+        max_concurrent_requests: 1024,
+        rate_limit_per_second: None,
+        rate_limit_burst: None,
+        cors_allowed_origins: Vec::new(),
         shutdown_timeout_secs: 5,
     }
 }

@@ -1,0 +1,105 @@
+//! Back-pressure: a bound on requests in flight, a deadline per request, and
+//! an optional per-key rate limit.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use super::AppError;
+use crate::telemetry::{RATE_LIMITED, REQUEST_TIMEOUTS, REQUESTS_SHED};
+
+/// The concurrency bound and the deadline, shared by every request.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    timeout: Duration,
+}
+
+impl Limits {
+    pub(crate) fn new(max_in_flight: usize, timeout: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            timeout,
+        }
+    }
+}
+
+/// Middleware: API requests beyond the bound are answered 503 at once rather
+/// than queued without limit; every request past its deadline gets 503.
+/// Operational endpoints are not shed, so probes see the process as it is.
+pub(crate) async fn enforce_limits(
+    State(limits): State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut permit = None;
+    if request.uri().path().starts_with("/api/") {
+        let Ok(acquired) = Arc::clone(&limits.permits).try_acquire_owned() else {
+            metrics::counter!(REQUESTS_SHED).increment(1);
+            return AppError::Unavailable(format!(
+                "overloaded: {} requests in flight",
+                limits.max_in_flight
+            ))
+            .into_response();
+        };
+        permit = Some(acquired);
+    }
+    let Ok(response) = tokio::time::timeout(limits.timeout, next.run(request)).await else {
+        metrics::counter!(REQUEST_TIMEOUTS).increment(1);
+        return AppError::Unavailable(format!(
+            "request timed out after {} ms",
+            limits.timeout.as_millis()
+        ))
+        .into_response();
+    };
+    drop(permit);
+    response
+}
+
+/// A token bucket per API key.
+pub struct KeyRateLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl std::fmt::Debug for KeyRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyRateLimiter")
+    }
+}
+
+impl KeyRateLimiter {
+    /// `per_second` tokens refill each second, up to `burst` (default: one
+    /// second's worth).
+    #[must_use]
+    pub fn new(per_second: NonZeroU32, burst: Option<NonZeroU32>) -> Self {
+        let quota = Quota::per_second(per_second).allow_burst(burst.unwrap_or(per_second));
+        Self {
+            limiter: RateLimiter::keyed(quota),
+        }
+    }
+
+    /// Takes a token for `key_id`, or says how long until one is there.
+    pub fn check(&self, key_id: &str) -> Result<(), AppError> {
+        match self.limiter.check_key(&key_id.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                metrics::counter!(RATE_LIMITED).increment(1);
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                // Retry-After has whole seconds: round up, never 0.
+                let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Err(AppError::RateLimited {
+                    retry_after_secs: retry_after_secs.max(1),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//!
+//! The router is built from the same annotated handlers (utoipa-axum's
+//! `routes!`), so a route cannot be served without being documented. What
+//! every operation shares (the bearer scheme, the error responses) is added
+//! here once, by `CommonResponses`.
+
+use serde::Deserialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use super::error::ErrorEnvelope;
+
+/// The document's fixed parts; paths are added by the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "llm-feedback",
+        description = "Records what end users think of LLM outputs: a thumbs up or down and an optional comment on a chat completion or an agent response. Follows the MKA1 feedback API.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    components(schemas(ErrorEnvelope, RatingSchema, KindSchema, OrderSchema)),
+    tags(
+        (name = "feedback", description = "Feedback entries"),
+        (name = "operations", description = "Health, readiness, metrics, this document")
+    )
+)]
+pub(crate) struct ApiDoc;
+
+/// `thumbs_up` or `thumbs_down`.
+#[derive(ToSchema)]
+#[schema(as = Rating)]
+#[allow(
+    dead_code,
+    reason = "documentation only: the handlers parse ratings themselves"
+)]
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RatingSchema {
+    ThumbsUp,
+    ThumbsDown,
+}
+
+/// The namespace of the rated output.
+#[derive(ToSchema, Deserialize)]
+#[schema(as = Kind)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code, reason = "documentation only")]
+pub(crate) enum KindSchema {
+    Completions,
+    Responses,
+}
+
+/// Listing order by creation time.
+#[derive(ToSchema, Deserialize)]
+#[schema(as = Order)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code, reason = "documentation only")]
+pub(crate) enum OrderSchema {
+    Asc,
+    Desc,
+}
+
+/// Path of collection operations.
+#[derive(IntoParams, Deserialize)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "documentation only")]
+pub(crate) struct KindPath {
+    /// `completions` or `responses`; anything else is 404.
+    #[param(inline)]
+    kind: KindSchema,
+}
+
+/// Path of entry operations.
+#[derive(IntoParams, Deserialize)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "documentation only")]
+pub(crate) struct EntryPath {
+    /// `completions` or `responses`; anything else is 404.
+    #[param(inline)]
+    kind: KindSchema,
+    /// The output's id, percent-encoded: 1 to 256 characters, no control
+    /// characters, no leading or trailing whitespace.
+    #[param(min_length = 1, max_length = 256)]
+    id: String,
+}
+
+/// `X-On-Behalf-Of`: act for one end user.
+#[derive(IntoParams, Deserialize)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code, reason = "documentation only")]
+pub(crate) struct OnBehalfOf {
+    /// The end user (1 to 256 printable ASCII characters). Creates record it;
+    /// reads and updates see only that user's entries. Absent: the whole tenant.
+    #[param(
+        rename = "X-On-Behalf-Of",
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[ -~]+$"
+    )]
+    on_behalf_of: Option<String>,
+}
+
+/// Query of the list operation.
+#[derive(IntoParams, Deserialize)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "documentation only")]
+pub(crate) struct ListParams {
+    /// Continue after this entry (the `last_id` of the previous page).
+    #[param(min_length = 1, max_length = 256)]
+    after: Option<String>,
+    /// Entries per page.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    limit: Option<u32>,
+    /// By creation time; default `desc`.
+    #[param(inline)]
+    order: Option<OrderSchema>,
+    /// Only entries with this rating.
+    #[param(inline)]
+    rating: Option<RatingSchema>,
+}
+
+/// Query of the export operation.
+#[derive(IntoParams, Deserialize)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "documentation only")]
+pub(crate) struct ExportParams {
+    /// By creation time; default `desc`.
+    #[param(inline)]
+    order: Option<OrderSchema>,
+    /// Only entries with this rating.
+    #[param(inline)]
+    rating: Option<RatingSchema>,
+}
+
+/// Completes the document once every route is in it.
+pub(crate) fn finish(document: &mut Document) {
+    CommonResponses.modify(document);
+}
+
+/// Adds the bearer scheme, and to every operation the error responses it can
+/// give (all with the `Error` envelope), so annotations list only successes.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: `Authorization: Bearer lfk_...`"))
+                    .build(),
+            ),
+        );
+        for (path, item) in &mut openapi.paths.paths {
+            let is_api = path.starts_with("/api/");
+            for (method, operation) in [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+            ] {
+                if let Some(operation) = operation {
+                    add_error_responses(operation, is_api, method, path);
+                }
+            }
+        }
+    }
+}
+
+fn add_error_responses(operation: &mut Operation, is_api: bool, method: &str, path: &str) {
+    let has_body = operation.request_body.is_some();
+    let mut statuses: Vec<(&str, &str)> = vec![("500", "Internal error; no detail is given")];
+    if is_api {
+        statuses.extend([
+            (
+                "400",
+                "Invalid request: bad JSON, fields, values, query or header",
+            ),
+            ("401", "Missing, malformed, unknown or revoked API key"),
+            (
+                "404",
+                "No such entry visible to the caller, or unknown kind",
+            ),
+            ("429", "Rate limited; see Retry-After"),
+            (
+                "503",
+                "Database unreachable, overloaded or timed out; retry later",
+            ),
+        ]);
+        if has_body {
+            statuses.extend([
+                ("413", "Body over 65,536 bytes"),
+                ("415", "Body not application/json"),
+            ]);
+        }
+        if method == "post" && !path.ends_with("/batch") {
+            statuses.push(("409", "Feedback for this output already exists"));
+        }
+        operation.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+    for (status, description) in statuses {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| {
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            Content::new(Some(RefOr::Ref(Ref::from_schema_name("Error")))),
+                        )
+                        .build(),
+                )
+            });
+    }
+}
