@@ -28,11 +28,15 @@ macro_rules! both_stores {
 mod auth;
 mod binary;
 mod cli;
+mod cluster;
 mod concurrency;
 mod create;
 mod errors;
 mod export;
 mod get;
 mod list;
+mod outage;
+mod scale_out;
 mod scoping;
+mod shutdown;
 mod update;
