@@ -19,5 +19,8 @@ WORKDIR /app
 # (used when DATABASE_URL is unset) lives in /app/data: mount a volume there.
 ENV LISTEN_ADDR=0.0.0.0:8080
 EXPOSE 8080
+# The binary checks itself (GET /healthz on LISTEN_ADDR): no curl needed.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["llm-feedback", "healthcheck"]
 ENTRYPOINT ["llm-feedback"]
 CMD ["serve"]

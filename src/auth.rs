@@ -122,13 +122,13 @@ impl Authenticator {
     }
 
     /// The identity of an active key, `None` for unknown or revoked ones.
-    pub async fn verify(&self, secret: &str) -> Result<Option<Arc<KeyIdentity>>, StoreError> {
+    /// Concurrent misses for one key share a single query and its error.
+    pub async fn verify(&self, secret: &str) -> Result<Option<Arc<KeyIdentity>>, Arc<StoreError>> {
         if check_secret(secret).is_err() {
             return Ok(None);
         }
         let hash = hash_secret(secret);
-        // Concurrent misses for one key share a single query; store errors
-        // are not cached.
+        // Store errors are not cached: the next request asks again.
         self.cache
             .try_get_with(hash.clone(), async {
                 let record = self.store.find_api_key(&hash).await?;
@@ -140,10 +140,6 @@ impl Authenticator {
                 }))
             })
             .await
-            .map_err(|err| match Arc::try_unwrap(err) {
-                Ok(err) => err,
-                Err(shared) => StoreError::Corrupt(shared.to_string()),
-            })
     }
 }
 
@@ -200,7 +196,12 @@ pub(crate) async fn require_api_key(
         metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
         return Err(AppError::Unauthorized);
     };
-    let Some(key) = state.authenticator.verify(secret).await? else {
+    let verified = state
+        .authenticator
+        .verify(secret)
+        .await
+        .map_err(|shared| AppError::from(&*shared))?;
+    let Some(key) = verified else {
         metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
         return Err(AppError::Unauthorized);
     };

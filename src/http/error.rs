@@ -117,12 +117,18 @@ impl From<Vec<FieldError>> for AppError {
     }
 }
 
-impl From<StoreError> for AppError {
-    fn from(err: StoreError) -> Self {
+impl From<&StoreError> for AppError {
+    fn from(err: &StoreError) -> Self {
         match err {
             StoreError::Unavailable(_) => Self::Unavailable(err.to_string()),
             StoreError::Corrupt(_) | StoreError::Other(_) => Self::Internal(err.to_string()),
         }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        Self::from(&err)
     }
 }
 

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, EntryParams, KindParam};
-use super::openapi::{EntryPath, KindPath, OnBehalfOf, RatingSchema};
+use super::openapi::{
+    EntryPath, KindPath, ModelNameSchema, OnBehalfOf, OutputIdSchema, RatingSchema,
+};
 use super::{AppError, AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{
@@ -24,7 +26,7 @@ use crate::telemetry::{FEEDBACK_CREATED, FEEDBACK_UPDATED};
 pub(crate) struct CreateFeedbackBody {
     /// The rated output's id: 1 to 256 characters, no control characters,
     /// no leading or trailing whitespace.
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 256, example = "resp-xyz789")]
+    #[schema(value_type = OutputIdSchema, required = true, example = "resp-xyz789")]
     id: Option<String>,
     /// The verdict; `null` means absent.
     #[schema(value_type = Option<RatingSchema>)]
@@ -33,7 +35,7 @@ pub(crate) struct CreateFeedbackBody {
     #[schema(max_length = 2000, example = "Very helpful response!")]
     description: Option<String>,
     /// The model that produced the output (an extension); never changes once set.
-    #[schema(min_length = 1, max_length = 256, example = "gpt-4o")]
+    #[schema(value_type = Option<ModelNameSchema>, example = "gpt-4o")]
     model: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, KindParam, QueryParams};
 use super::feedback::{FeedbackResponse, format_timestamp};
-use super::openapi::{KindPath, ListParams, OnBehalfOf, RatingSchema};
+use super::openapi::{KindPath, ListParams, OnBehalfOf, OutputIdSchema, RatingSchema};
 use super::{AppError, AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{
@@ -209,7 +209,7 @@ pub(crate) async fn list_feedback(
 #[schema(as = BatchGet)]
 pub(crate) struct BatchGetBody {
     /// 1 to 100 output ids; duplicates are answered each time.
-    #[schema(value_type = Vec<String>, required = true, min_items = 1, max_items = 100)]
+    #[schema(value_type = Vec<OutputIdSchema>, required = true, min_items = 1, max_items = 100)]
     ids: Option<Vec<String>>,
 }
 

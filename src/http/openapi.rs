@@ -5,12 +5,15 @@
 //! every operation shares (the bearer scheme, the error responses) is added
 //! here once, by `CommonResponses`.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::error::ErrorEnvelope;
 
@@ -22,7 +25,14 @@ use super::error::ErrorEnvelope;
         description = "Records what end users think of LLM outputs: a thumbs up or down and an optional comment on a chat completion or an agent response. Follows the MKA1 feedback API.",
         license(name = "MIT OR Apache-2.0")
     ),
-    components(schemas(ErrorEnvelope, RatingSchema, KindSchema, OrderSchema)),
+    components(schemas(
+        ErrorEnvelope,
+        RatingSchema,
+        KindSchema,
+        OrderSchema,
+        OutputIdSchema,
+        ModelNameSchema
+    )),
     tags(
         (name = "feedback", description = "Feedback entries"),
         (name = "operations", description = "Health, readiness, metrics, this document")
@@ -64,6 +74,55 @@ pub(crate) enum OrderSchema {
     Desc,
 }
 
+/// API.md's identifier rule as a JSON Schema pattern: no control characters
+/// (Unicode Cc), no leading or trailing whitespace.
+const IDENTIFIER_PATTERN: &str = r"^[^\s\u0000-\u001F\u007F-\u009F]([^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F])?$";
+
+/// An output id: 1 to 256 characters, no control characters, no leading or
+/// trailing whitespace.
+pub(crate) struct OutputIdSchema;
+
+/// A model name: the same rule as output ids.
+pub(crate) struct ModelNameSchema;
+
+fn identifier_schema(description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(Some(1))
+        .max_length(Some(256))
+        .pattern(Some(IDENTIFIER_PATTERN))
+        .into()
+}
+
+impl PartialSchema for OutputIdSchema {
+    fn schema() -> RefOr<Schema> {
+        identifier_schema(
+            "The id of a rated output: 1 to 256 characters, no control characters, no leading or trailing whitespace.",
+        )
+    }
+}
+
+impl ToSchema for OutputIdSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("OutputId")
+    }
+}
+
+impl PartialSchema for ModelNameSchema {
+    fn schema() -> RefOr<Schema> {
+        identifier_schema(
+            "The model that produced the output: 1 to 256 characters, no control characters, no leading or trailing whitespace.",
+        )
+    }
+}
+
+impl ToSchema for ModelNameSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ModelName")
+    }
+}
+
 /// Path of collection operations.
 #[derive(IntoParams, Deserialize)]
 #[into_params(parameter_in = Path)]
@@ -84,7 +143,7 @@ pub(crate) struct EntryPath {
     kind: KindSchema,
     /// The output's id, percent-encoded: 1 to 256 characters, no control
     /// characters, no leading or trailing whitespace.
-    #[param(min_length = 1, max_length = 256)]
+    #[param(value_type = OutputIdSchema)]
     id: String,
 }
 
@@ -110,7 +169,7 @@ pub(crate) struct OnBehalfOf {
 #[allow(dead_code, reason = "documentation only")]
 pub(crate) struct ListParams {
     /// Continue after this entry (the `last_id` of the previous page).
-    #[param(min_length = 1, max_length = 256)]
+    #[param(value_type = Option<OutputIdSchema>)]
     after: Option<String>,
     /// Entries per page.
     #[param(minimum = 1, maximum = 100, default = 20)]
