@@ -18,17 +18,17 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running `llm-feedback` process, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     /// stderr, line by line, as it is written.
     lines: UnboundedReceiver<String>,
     /// Every stderr line received so far.
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Server {
     /// Starts `command` with stderr captured.
-    fn start(mut command: Command) -> Self {
+    pub(crate) fn start(mut command: Command) -> Self {
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("cannot start llm-feedback");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -50,7 +50,7 @@ impl Server {
     }
 
     /// The next stderr line, `None` once stderr is closed.
-    async fn next_line(&mut self, deadline: Instant) -> Option<String> {
+    pub(crate) async fn next_line(&mut self, deadline: Instant) -> Option<String> {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.lines.recv()).await {
             Ok(Some(line)) => {
@@ -66,7 +66,7 @@ impl Server {
     }
 
     /// Waits for the `listening` log line: `http://ADDR`.
-    async fn wait_until_listening(&mut self) -> String {
+    pub(crate) async fn wait_until_listening(&mut self) -> String {
         let deadline = Instant::now() + PROCESS_TIMEOUT;
         while let Some(line) = self.next_line(deadline).await {
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
@@ -89,7 +89,7 @@ impl Server {
     }
 
     /// Sends a signal by name (`TERM`, `INT`) with kill(1).
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.pid()])
             .status()
@@ -98,7 +98,7 @@ impl Server {
     }
 
     /// Waits for the process to exit, reading the rest of stderr.
-    async fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) async fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -124,7 +124,7 @@ impl Drop for Server {
 }
 
 /// A port nothing listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
