@@ -233,7 +233,14 @@ impl Modify for CommonResponses {
 
 fn add_error_responses(operation: &mut Operation, is_api: bool, method: &str, path: &str) {
     let has_body = operation.request_body.is_some();
-    let mut statuses: Vec<(&str, &str)> = vec![("500", "Internal error; no detail is given")];
+    // Any request can fail, time out or be shed; readiness answers 503 by design.
+    let mut statuses: Vec<(&str, &str)> = vec![
+        ("500", "Internal error; no detail is given"),
+        (
+            "503",
+            "Database unreachable, overloaded or past the request timeout; retry later",
+        ),
+    ];
     if is_api {
         statuses.extend([
             (
@@ -246,10 +253,6 @@ fn add_error_responses(operation: &mut Operation, is_api: bool, method: &str, pa
                 "No such entry visible to the caller, or unknown kind",
             ),
             ("429", "Rate limited; see Retry-After"),
-            (
-                "503",
-                "Database unreachable, overloaded or timed out; retry later",
-            ),
         ]);
         if has_body {
             statuses.extend([

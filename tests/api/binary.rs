@@ -50,7 +50,7 @@ impl Server {
     }
 
     /// The next stderr line, `None` once stderr is closed.
-    async fn next_line(&mut self, deadline: Instant) -> Option<String> {
+    pub(crate) async fn next_line(&mut self, deadline: Instant) -> Option<String> {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.lines.recv()).await {
             Ok(Some(line)) => {

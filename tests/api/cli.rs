@@ -25,7 +25,7 @@ both_stores!(
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Variables the binary reads; every test sets the ones it needs.
-const SERVICE_VARIABLES: [&str; 9] = [
+const SERVICE_VARIABLES: [&str; 15] = [
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
     "DATABASE_ACQUIRE_TIMEOUT_MS",
@@ -35,6 +35,12 @@ const SERVICE_VARIABLES: [&str; 9] = [
     "RUST_LOG",
     "LOG_FORMAT",
     "SHUTDOWN_TIMEOUT_SECS",
+    "EXPORT_MAX_ROWS",
+    "REQUEST_TIMEOUT_MS",
+    "MAX_CONCURRENT_REQUESTS",
+    "RATE_LIMIT_PER_SECOND",
+    "RATE_LIMIT_BURST",
+    "CORS_ALLOWED_ORIGINS",
 ];
 
 /// The real binary, with none of the service's variables inherited.
