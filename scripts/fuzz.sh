@@ -45,7 +45,7 @@ status=0
     --header "Authorization: Bearer $KEY" \
     --max-examples "${FUZZ_MAX_EXAMPLES:-40}" \
     --seed "${FUZZ_SEED:-1}" \
-    --workers 2 \
+    --workers 1 \
     --no-color \
     "$@" || status=$?
 if grep -q '"level":"ERROR"' "$WORK/server.log"; then
