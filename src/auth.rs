@@ -9,7 +9,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use moka::future::Cache;
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -206,12 +206,26 @@ pub(crate) async fn require_api_key(
         return Err(AppError::Unauthorized);
     };
     tracing::Span::current().record("tenant", key.tenant.as_str());
+    let mut response = match admit(&state, &key, &mut request) {
+        Ok(()) => next.run(request).await,
+        Err(err) => err.into_response(),
+    };
+    // For the request's log line, written after the response.
+    response.extensions_mut().insert(key);
+    Ok(response)
+}
+
+/// What is checked once the key is known: its rate limit, `X-On-Behalf-Of`.
+fn admit(state: &AppState, key: &Arc<KeyIdentity>, request: &mut Request) -> Result<(), AppError> {
     if let Some(limiter) = &state.rate_limiter {
         limiter.check(&key.key_id)?;
     }
     let end_user = end_user(request.headers())?;
-    request.extensions_mut().insert(Caller { key, end_user });
-    Ok(next.run(request).await)
+    request.extensions_mut().insert(Caller {
+        key: Arc::clone(key),
+        end_user,
+    });
+    Ok(())
 }
 
 /// The secret of an `Authorization: Bearer <secret>` header (scheme name

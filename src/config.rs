@@ -30,6 +30,10 @@ pub struct Cli {
     /// Log settings, for every command.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Threads serving requests; default: one per CPU. Where the database
+    /// shares the machine, fewer leave it more CPU.
+    #[arg(long, env = "WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 impl Cli {

@@ -5,14 +5,31 @@ use std::process::ExitCode;
 use clap::Parser;
 use llm_feedback::config::Cli;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+// Many small short-lived allocations per request (headers, JSON, rows):
+// mimalloc serves them from thread-local pages, glibc malloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = llm_feedback::telemetry::init(&cli.log) {
-        eprintln!("error: {err}");
-        return ExitCode::FAILURE;
+    let log_guard = match llm_feedback::telemetry::init(&cli.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(usize::from(threads));
     }
-    match llm_feedback::run(cli).await {
+    let result = match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(llm_feedback::run(cli)),
+        Err(err) => Err(format!("cannot start the async runtime: {err}").into()),
+    };
+    // Flush the log lines still queued before the last word.
+    drop(log_guard);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

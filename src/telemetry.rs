@@ -1,18 +1,22 @@
 //! Logs: the subscriber, request ids, and one line per request.
 
-use std::io::IsTerminal;
-use std::time::Instant;
-
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::{Instrument, field};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
+use crate::auth::KeyIdentity;
 use crate::config::{LogArgs, LogFormat};
 use crate::http::ErrorCause;
 
@@ -20,8 +24,10 @@ use crate::http::ErrorCause;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Installs the global subscriber: `RUST_LOG` filter, pretty on a terminal,
-/// JSON elsewhere, written to stderr (stdout is for command output).
-pub fn init(args: &LogArgs) -> Result<(), String> {
+/// JSON elsewhere, written to stderr (stdout is for command output) through
+/// a [`BatchedStderr`]. Keep the returned guard until the process ends: its
+/// drop writes out what is still buffered.
+pub fn init(args: &LogArgs) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&args.filter)
         .map_err(|err| format!("invalid RUST_LOG {:?}: {err}", args.filter))?;
     let format = args
@@ -31,9 +37,10 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
         } else {
             LogFormat::Json
         });
+    let (writer, guard) = BatchedStderr::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
@@ -43,7 +50,135 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
             .with_span_list(false)
             .try_init(),
     };
-    result.map_err(|err| format!("cannot install the logger: {err}"))
+    result.map_err(|err| format!("cannot install the logger: {err}"))?;
+    Ok(guard)
+}
+
+/// Log output that costs a request no system call and no thread wake-up:
+/// each line is appended to a shared buffer, which a background thread writes
+/// to stderr every [`FLUSH_INTERVAL`], or as soon as [`FLUSH_AT`] bytes wait.
+/// (`tracing-appender`'s non-blocking writer wakes its thread for every line.)
+/// Lines are never dropped: past [`MAX_BUFFERED`] bytes the logging thread
+/// writes the buffer out itself.
+#[derive(Clone)]
+pub struct BatchedStderr {
+    shared: Arc<LogBuffer>,
+}
+
+/// The buffer behind [`BatchedStderr`].
+pub struct LogBuffer {
+    bytes: Mutex<Vec<u8>>,
+    wake: Condvar,
+    is_closed: AtomicBool,
+}
+
+/// How long a log line may wait in the buffer.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// Buffered bytes that make the writer thread flush at once.
+const FLUSH_AT: usize = 64 * 1024;
+/// Buffered bytes beyond which logging threads write out themselves.
+const MAX_BUFFERED: usize = 4 * 1024 * 1024;
+
+impl BatchedStderr {
+    /// The writer and the guard that stops (and drains) its thread.
+    #[must_use]
+    pub fn start() -> (Self, LogGuard) {
+        let shared = Arc::new(LogBuffer {
+            bytes: Mutex::new(Vec::with_capacity(FLUSH_AT)),
+            wake: Condvar::new(),
+            is_closed: AtomicBool::new(false),
+        });
+        let flusher = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("log-writer".to_owned())
+                .spawn(move || shared.write_out_until_closed())
+                .ok()
+        };
+        let guard = LogGuard {
+            shared: Arc::clone(&shared),
+            flusher,
+        };
+        (Self { shared }, guard)
+    }
+}
+
+impl LogBuffer {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_out_until_closed(&self) {
+        let mut pending = Vec::with_capacity(FLUSH_AT);
+        loop {
+            let is_closed = {
+                let mut bytes = self.lock();
+                if bytes.len() < FLUSH_AT && !self.is_closed.load(Ordering::Acquire) {
+                    bytes = self
+                        .wake
+                        .wait_timeout(bytes, FLUSH_INTERVAL)
+                        .map_or_else(|poisoned| poisoned.into_inner().0, |(bytes, _)| bytes);
+                }
+                std::mem::swap(&mut *bytes, &mut pending);
+                self.is_closed.load(Ordering::Acquire)
+            };
+            if !pending.is_empty() {
+                let _ = std::io::stderr().write_all(&pending);
+                pending.clear();
+            }
+            if is_closed && self.lock().is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchedStderr {
+    type Writer = &'a LogBuffer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        &self.shared
+    }
+}
+
+impl Write for &LogBuffer {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.lock();
+        if self.is_closed.load(Ordering::Acquire) || bytes.len() + line.len() > MAX_BUFFERED {
+            // No writer thread, or it fell behind: write out here, in order.
+            let mut stderr = std::io::stderr().lock();
+            stderr.write_all(&bytes)?;
+            bytes.clear();
+            stderr.write_all(line)?;
+            return Ok(line.len());
+        }
+        bytes.extend_from_slice(line);
+        if bytes.len() >= FLUSH_AT {
+            self.wake.notify_one();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stops the log writer thread when dropped, after it wrote out every line.
+pub struct LogGuard {
+    shared: Arc<LogBuffer>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.shared.is_closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+        // Lines logged after the thread stopped were written out directly.
+    }
 }
 
 /// 1 to 128 characters from `A-Z a-z 0-9 . _ : -` (API.md).
@@ -53,6 +188,15 @@ fn is_sane_request_id(value: &HeaderValue) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A random (v4) UUID from the thread's userspace generator: `Uuid::new_v4`
+/// asks the kernel for every id, a system call per request.
+fn generate_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes())
+        .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Outermost middleware: settles the request id, opens the request span that
@@ -65,10 +209,7 @@ pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response 
         .get(REQUEST_ID_HEADER)
         .filter(|value| is_sane_request_id(value))
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .unwrap_or(HeaderValue::from_static("unknown"))
-        });
+        .unwrap_or_else(generate_request_id);
     request
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id.clone());
@@ -90,19 +231,30 @@ pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response 
     let route = response
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let labels = [
-        ("method", method.as_str().to_owned()),
-        ("route", route),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+        .map_or("unmatched", MatchedPath::as_str);
+    let (requests, duration) = request_series(&method, route, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
+    // The line carries every field itself, outside the span: the JSON
+    // formatter re-parses a span's recorded fields for every event in it,
+    // which cost more than the rest of the line.
+    let tenant = response
+        .extensions()
+        .get::<Arc<KeyIdentity>>()
+        .map(|key| key.tenant.as_str());
+    let request_id = response
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or_default();
+    let method = method.as_str();
     if let Some(ErrorCause(cause)) = response.extensions().get::<ErrorCause>() {
-        tracing::error!(parent: &span, status, latency_ms, error.cause = %cause, "request failed");
+        tracing::error!(
+            parent: None, request_id, method, route, tenant, status, latency_ms,
+            error.cause = %cause, "request failed"
+        );
     } else {
-        tracing::info!(parent: &span, status, latency_ms, "request");
+        tracing::info!(parent: None, request_id, method, route, tenant, status, latency_ms, "request");
     }
     response
 }
@@ -142,6 +294,59 @@ pub const REQUEST_TIMEOUTS: &str = "request_timeouts_total";
 pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
 /// The most connections each database pool may open, by `pool`.
 pub const DB_POOL_MAX_CONNECTIONS: &str = "db_pool_max_connections";
+
+/// The `method` label of requests with an unusual method.
+static OTHER_METHOD: std::sync::LazyLock<Method> =
+    std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or(Method::GET));
+
+/// The request count and latency series of one (method, route, status),
+/// registered once and then reused: building labelled keys costs several
+/// allocations and a registry lookup per request.
+fn request_series(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
+    type Series = HashMap<Box<str>, Vec<(Method, u16, Counter, Histogram)>>;
+    static SERIES: OnceLock<RwLock<Series>> = OnceLock::new();
+    // Methods are the client's choice: unusual ones share one label.
+    let method = match *method {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS => method,
+        _ => &OTHER_METHOD,
+    };
+    let series = SERIES.get_or_init(RwLock::default);
+    let find = |series: &Series| {
+        series.get(route).and_then(|of_route| {
+            of_route
+                .iter()
+                .find(|(m, s, _, _)| m == method && *s == status)
+                .map(|(_, _, count, latency)| (count.clone(), latency.clone()))
+        })
+    };
+    if let Some(found) = find(&series.read().unwrap_or_else(PoisonError::into_inner)) {
+        return found;
+    }
+    let mut series = series.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(found) = find(&series) {
+        return found;
+    }
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    let count = metrics::counter!(HTTP_REQUESTS, &labels);
+    let latency = metrics::histogram!(HTTP_REQUEST_DURATION, &labels);
+    series.entry(route.into()).or_default().push((
+        method.clone(),
+        status,
+        count.clone(),
+        latency.clone(),
+    ));
+    (count, latency)
+}
 
 /// Latency buckets (seconds): from well under a millisecond to the default
 /// request timeout.

@@ -16,6 +16,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware;
+use axum::response::IntoResponse;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -33,9 +35,21 @@ use crate::telemetry;
 /// Bodies up to this many bytes are read; larger ones are 413.
 pub const BODY_LIMIT_BYTES: usize = 65_536;
 
-/// What every handler can reach.
+/// What every handler can reach. Every middleware and handler clones it,
+/// so it is one `Arc`: a clone is one atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppServices>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppServices;
+
+    fn deref(&self) -> &AppServices {
+        &self.0
+    }
+}
+
+/// The services behind `AppState`.
+pub struct AppServices {
     /// Where entries live.
     pub store: Arc<dyn Store>,
     /// Verifies API keys.
@@ -102,13 +116,13 @@ pub fn router(
     let openapi_json = document
         .to_json()
         .unwrap_or_else(|err| format!(r#"{{"error":"cannot serialize the document: {err}"}}"#));
-    let state = AppState {
+    let state = AppState(Arc::new(AppServices {
         authenticator: Authenticator::new(Arc::clone(&store)),
         store,
         rate_limiter,
         export_max_rows,
         openapi_json: openapi_json.into(),
-    };
+    }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     let layered = service_routes
         .route_layer(middleware::from_fn(telemetry::record_route))
@@ -131,6 +145,8 @@ pub fn router(
         None => layered,
     };
     layered
+        // A panic in a handler still gets the 500 envelope, and its log line.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(telemetry::trace_request))
         .with_state(state)
 }
@@ -172,6 +188,20 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+/// The answer to a request whose handler panicked; the message is logged only.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "CatchPanicLayer hands the payload over by value"
+)]
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a non-string panic payload");
+    AppError::Internal(format!("handler panicked: {message}")).into_response()
 }
 
 async fn not_found() -> AppError {

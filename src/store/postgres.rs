@@ -1,6 +1,7 @@
 //! The PostgreSQL store: production.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,6 +16,9 @@ use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
 };
+
+/// Connections idle at least this long are pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Entries stored through a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
@@ -36,6 +40,19 @@ impl PostgresStore {
         let pool = match PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection it hands out by default: a round
+            // trip per request. Only connections idle for a while are checked
+            // (those are the ones a database restart leaves dead); a busy
+            // connection that died fails its statement, which answers 503.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(connect_options.clone())
             .await
         {

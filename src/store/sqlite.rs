@@ -67,8 +67,10 @@ impl SqliteStore {
             url: url.clone(),
             source,
         };
+        // Local connections do not die between uses: no ping before each one.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect_options.clone())
             .await
@@ -82,8 +84,15 @@ impl SqliteStore {
             })?;
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect_options.read_only(true))
+            // 1 MiB of page cache per reader (SQLite's default is 2 MiB):
+            // the OS page cache holds the file anyway.
+            .connect_with(
+                connect_options
+                    .read_only(true)
+                    .pragma("cache_size", "-1024"),
+            )
             .await
             .map_err(connect_error)?;
         Ok(Self { writer, readers })

@@ -237,20 +237,20 @@ pub(crate) async fn spawn_app_with(
 }
 
 /// Logs stay silent unless `TEST_LOG=1`.
-fn init_test_logs() {
+pub(crate) fn init_test_logs() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber_init();
+            let logs = llm_feedback::telemetry::init(&llm_feedback::config::LogArgs {
+                filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+                log_format: None,
+            });
+            // The writer thread lives as long as the test process.
+            if let Ok(guard) = logs {
+                std::mem::forget(guard);
+            }
         }
     });
-}
-
-fn tracing_subscriber_init() -> Result<(), String> {
-    llm_feedback::telemetry::init(&llm_feedback::config::LogArgs {
-        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-        log_format: None,
-    })
 }
 
 /// A response, read whole.

@@ -18,7 +18,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::cluster::ThrowawayCluster;
-use crate::helpers::{Reply, test_database_args, test_serve_args};
+use crate::helpers::{Reply, init_test_logs, test_database_args, test_serve_args};
 
 /// API.md: "answers 503 unavailable within about 2 seconds".
 const UNAVAILABLE_WITHIN: Duration = Duration::from_millis(2500);
@@ -93,19 +93,6 @@ impl RunningApp {
         }
         Reply::read(request.send().await.expect("request failed")).await
     }
-}
-
-/// Logs stay silent unless `TEST_LOG=1` (as in helpers.rs).
-fn init_test_logs() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            let _ = llm_feedback::telemetry::init(&llm_feedback::config::LogArgs {
-                filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-                log_format: None,
-            });
-        }
-    });
 }
 
 /// How the cluster goes away.
