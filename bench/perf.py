@@ -301,7 +301,9 @@ def report(pg_table, pg_rss, sqlite_table, sqlite_rss):
 
 def main():
     try:
-        log(f"service: {BIN}; {CLIENTS} clients, {ROUNDS} rounds of {WARMUP}s + {DURATION}s")
+        log(f"service: {BIN}; {CLIENTS} clients, {ROUNDS} rounds of {WARMUP}s + {DURATION}s; "
+            f"WORKER_THREADS={os.environ.get('WORKER_THREADS', 'default (one per CPU)')}, "
+            f"DATABASE_MAX_CONNECTIONS={os.environ.get('BENCH_POOL', 'default (10)')}")
         pg_table, pg_rss = postgres_benchmark()
         sqlite_table, sqlite_rss = sqlite_benchmark()
         ok = report(pg_table, pg_rss, sqlite_table, sqlite_rss)
