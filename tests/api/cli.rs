@@ -25,7 +25,8 @@ both_stores!(
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Variables the binary reads; every test sets the ones it needs.
-const SERVICE_VARIABLES: [&str; 15] = [
+const SERVICE_VARIABLES: [&str; 16] = [
+    "WORKER_THREADS",
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
     "DATABASE_ACQUIRE_TIMEOUT_MS",
