@@ -1,9 +1,11 @@
 //! `POST /api/v1/llm/feedback/{kind}`.
 
-use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use chrono::Utc;
+use serde_json::json;
 
-use crate::helpers::{Reply, TestApp};
+use crate::helpers::{
+    TestApp, assert_invalid_fields, is_utc_millisecond_timestamp, sorted_keys, timestamp,
+};
 
 both_stores!(
     create_returns_201_with_the_entry_of_the_brief_example,
@@ -33,54 +35,6 @@ both_stores!(
     several_bad_fields_give_one_details_item_each,
     create_with_an_unknown_field_is_400,
 );
-
-/// The keys of a JSON object, sorted.
-fn sorted_keys(body: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
-
-/// `^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$`
-fn is_utc_millisecond_timestamp(text: &str) -> bool {
-    text.len() == 24
-        && text.bytes().enumerate().all(|(i, c)| match i {
-            4 | 7 => c == b'-',
-            10 => c == b'T',
-            13 | 16 => c == b':',
-            19 => c == b'.',
-            23 => c == b'Z',
-            _ => c.is_ascii_digit(),
-        })
-}
-
-fn timestamp(value: &Value) -> DateTime<Utc> {
-    let text = value.as_str().expect("a timestamp string");
-    DateTime::parse_from_rfc3339(text)
-        .expect("an RFC 3339 timestamp")
-        .with_timezone(&Utc)
-}
-
-/// A 400 `invalid_request` whose details name exactly these fields.
-fn assert_invalid_fields(reply: &Reply, fields: &[&str]) {
-    assert_eq!(reply.status, 400, "{}", reply.text);
-    assert_eq!(reply.error_code(), "invalid_request", "{}", reply.text);
-    let mut named: Vec<&str> = reply.body["error"]["details"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no details: {}", reply.text))
-        .iter()
-        .map(|item| item["field"].as_str().expect("a field name"))
-        .collect();
-    named.sort_unstable();
-    let mut expected = fields.to_vec();
-    expected.sort_unstable();
-    assert_eq!(named, expected, "{}", reply.text);
-}
 
 async fn create_returns_201_with_the_entry_of_the_brief_example(app: TestApp) {
     let reply = app

@@ -9,7 +9,7 @@ use reqwest::Method;
 use reqwest::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp};
+use crate::helpers::{Reply, TestApp, assert_error};
 
 both_stores!(
     unknown_routes_are_404_with_the_envelope,
@@ -35,52 +35,6 @@ both_stores!(
 const COLLECTION: &str = "/api/v1/llm/feedback/completions";
 const ENTRY: &str = "/api/v1/llm/feedback/completions/chatcmpl-1";
 const BODY_LIMIT: usize = 65_536;
-
-/// Asserts the status and that the body is exactly API.md's envelope:
-/// `{"error": {"code", "message", "details"?}}`, as JSON.
-fn assert_error(reply: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(reply.status, status, "{what}: {}", reply.text);
-    assert!(
-        reply
-            .header("content-type")
-            .is_some_and(|value| value.starts_with("application/json")),
-        "{what}: content type {:?}",
-        reply.header("content-type")
-    );
-    let body = reply
-        .body
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: not a JSON object: {:?}", reply.text));
-    assert_eq!(
-        body.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["error"],
-        "{what}"
-    );
-    let error = body["error"].as_object().expect("`error` is an object");
-    assert_eq!(error.get("code"), Some(&Value::from(code)), "{what}");
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{what}: {}",
-        reply.text
-    );
-    for key in error.keys() {
-        assert!(
-            matches!(key.as_str(), "code" | "message" | "details"),
-            "{what}: unexpected key {key}"
-        );
-    }
-    if let Some(details) = error.get("details") {
-        for detail in details.as_array().expect("`details` is an array") {
-            let detail = detail.as_object().expect("a detail is an object");
-            let mut keys: Vec<&str> = detail.keys().map(String::as_str).collect();
-            keys.sort_unstable();
-            assert_eq!(keys, ["field", "message"], "{what}");
-            assert!(detail["field"].is_string() && detail["message"].is_string());
-        }
-    }
-}
 
 /// The `field` of each `details` item.
 fn detail_fields(reply: &Reply) -> Vec<&str> {

@@ -3,6 +3,8 @@
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use llm_feedback::Application;
 use llm_feedback::auth::generate_key;
 use llm_feedback::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
@@ -488,6 +490,100 @@ impl TestApp {
                 .expect("direct insert");
                 pool.close().await;
             }
+        }
+    }
+}
+
+/// The keys of a JSON object, sorted.
+pub(crate) fn sorted_keys(body: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// `^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$`
+pub(crate) fn is_utc_millisecond_timestamp(text: &str) -> bool {
+    text.len() == 24
+        && text.bytes().enumerate().all(|(i, c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'.',
+            23 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+pub(crate) fn timestamp(value: &Value) -> DateTime<Utc> {
+    let text = value.as_str().expect("a timestamp string");
+    DateTime::parse_from_rfc3339(text)
+        .expect("an RFC 3339 timestamp")
+        .with_timezone(&Utc)
+}
+
+/// A 400 `invalid_request` whose details name exactly these fields.
+pub(crate) fn assert_invalid_fields(reply: &Reply, fields: &[&str]) {
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.error_code(), "invalid_request", "{}", reply.text);
+    let mut named: Vec<&str> = reply.body["error"]["details"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no details: {}", reply.text))
+        .iter()
+        .map(|item| item["field"].as_str().expect("a field name"))
+        .collect();
+    named.sort_unstable();
+    let mut expected = fields.to_vec();
+    expected.sort_unstable();
+    assert_eq!(named, expected, "{}", reply.text);
+}
+
+/// Asserts the status and that the body is exactly API.md's envelope:
+/// `{"error": {"code", "message", "details"?}}`, as JSON.
+pub(crate) fn assert_error(reply: &Reply, status: u16, code: &str, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.text);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|value| value.starts_with("application/json")),
+        "{what}: content type {:?}",
+        reply.header("content-type")
+    );
+    let body = reply
+        .body
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not a JSON object: {:?}", reply.text));
+    assert_eq!(
+        body.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["error"],
+        "{what}"
+    );
+    let error = body["error"].as_object().expect("`error` is an object");
+    assert_eq!(error.get("code"), Some(&Value::from(code)), "{what}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty()),
+        "{what}: {}",
+        reply.text
+    );
+    for key in error.keys() {
+        assert!(
+            matches!(key.as_str(), "code" | "message" | "details"),
+            "{what}: unexpected key {key}"
+        );
+    }
+    if let Some(details) = error.get("details") {
+        for detail in details.as_array().expect("`details` is an array") {
+            let detail = detail.as_object().expect("a detail is an object");
+            let mut keys: Vec<&str> = detail.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["field", "message"], "{what}");
+            assert!(detail["field"].is_string() && detail["message"].is_string());
         }
     }
 }

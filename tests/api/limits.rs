@@ -9,7 +9,7 @@ use reqwest::header::{CONNECTION, CONTENT_TYPE};
 use serde_json::json;
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
-use crate::helpers::{Backend, Reply, TestApp, spawn_app_with};
+use crate::helpers::{Backend, Reply, TestApp, assert_error, spawn_app_with};
 
 /// Like `both_stores!`, on apps whose settings `$configure` adjusts.
 macro_rules! both_stores_with {
@@ -89,22 +89,6 @@ fn cors_for_one_origin(serve: &mut ServeArgs) {
 
 fn cors_for_any_origin(serve: &mut ServeArgs) {
     serve.cors_allowed_origins = vec!["*".into()];
-}
-
-fn assert_error(reply: &Reply, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (status, code),
-        "{what}: {}",
-        reply.text
-    );
-    assert!(
-        reply.body["error"]["message"]
-            .as_str()
-            .is_some_and(|message| !message.is_empty()),
-        "{what}: {}",
-        reply.text
-    );
 }
 
 /// A lock held from outside the app, so that its writes wait: on PostgreSQL

@@ -4,7 +4,9 @@ use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
-use crate::helpers::{Caller, Reply, TestApp, encode_id};
+use crate::helpers::{
+    Caller, Reply, TestApp, encode_id, is_utc_millisecond_timestamp, sorted_keys,
+};
 
 both_stores!(
     paging_with_every_limit_order_and_rating_visits_each_entry_once_in_order,
@@ -28,31 +30,6 @@ both_stores!(
     batch_get_without_a_json_content_type_is_415,
     post_on_batch_is_batch_get_while_get_and_put_address_the_entry_named_batch,
 );
-
-/// The keys of a JSON object, sorted.
-fn sorted_keys(body: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
-
-/// `^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$`
-fn is_utc_millisecond_timestamp(text: &str) -> bool {
-    text.len() == 24
-        && text.bytes().enumerate().all(|(i, c)| match i {
-            4 | 7 => c == b'-',
-            10 => c == b'T',
-            13 | 16 => c == b':',
-            19 => c == b'.',
-            23 => c == b'Z',
-            _ => c.is_ascii_digit(),
-        })
-}
 
 /// The list item API.md derives from an entry as create, PUT or GET return
 /// it: snake_case timestamps, `model` always (`""` when never given).

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{Reply, TestApp, encode_id};
+use crate::helpers::{Reply, TestApp, assert_invalid_fields, encode_id, sorted_keys, timestamp};
 
 both_stores!(
     put_of_the_brief_example_returns_200_with_exactly_those_values,
@@ -27,41 +26,6 @@ both_stores!(
     put_with_several_bad_fields_gives_one_details_item_each,
     put_with_a_raw_json_body_and_charset_is_applied,
 );
-
-/// The keys of a JSON object, sorted.
-fn sorted_keys(body: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
-
-fn timestamp(value: &Value) -> DateTime<Utc> {
-    let text = value.as_str().expect("a timestamp string");
-    DateTime::parse_from_rfc3339(text)
-        .expect("an RFC 3339 timestamp")
-        .with_timezone(&Utc)
-}
-
-/// A 400 `invalid_request` whose details name exactly these fields.
-fn assert_invalid_fields(reply: &Reply, fields: &[&str]) {
-    assert_eq!(reply.status, 400, "{}", reply.text);
-    assert_eq!(reply.error_code(), "invalid_request", "{}", reply.text);
-    let mut named: Vec<&str> = reply.body["error"]["details"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no details: {}", reply.text))
-        .iter()
-        .map(|item| item["field"].as_str().expect("a field name"))
-        .collect();
-    named.sort_unstable();
-    let mut expected = fields.to_vec();
-    expected.sort_unstable();
-    assert_eq!(named, expected, "{}", reply.text);
-}
 
 /// Creates `completions/{id}` with a rating and a description.
 async fn create_rated(app: &TestApp, id: &str) -> Reply {
