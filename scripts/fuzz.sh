@@ -20,37 +20,20 @@ if [[ ! -x $VENV/bin/st ]] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build --locked --quiet
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/llm-feedback"
-WORK="$(mktemp -d)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-KEY="lfk_fuzz$(head -c 32 /dev/urandom | od -An -tx1 | tr -dc 0-9a-f | head -c 40)"
-SERVER_PID=""
-cleanup() {
-    [[ -n $SERVER_PID ]] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-(cd "$WORK" && exec env DATABASE_URL="sqlite://$WORK/fuzz.db" LISTEN_ADDR="127.0.0.1:$PORT" \
-    BOOTSTRAP_API_KEY="$KEY" RUST_LOG=warn LOG_FORMAT=json "$BIN" serve >"$WORK/server.log" 2>&1) &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# shellcheck source=scripts/lib/live_server.sh
+source "$ROOT/scripts/lib/live_server.sh"
 
 status=0
-"$VENV/bin/st" --config-file "$ROOT/.ci/schemathesis.toml" run "http://127.0.0.1:$PORT/openapi.json" \
+"$VENV/bin/st" --config-file "$ROOT/.ci/schemathesis.toml" run "$BASE_URL/openapi.json" \
     --header "Authorization: Bearer $KEY" \
     --max-examples "${FUZZ_MAX_EXAMPLES:-40}" \
     --seed "${FUZZ_SEED:-1}" \
     --workers 1 \
     --no-color \
     "$@" || status=$?
-if grep -q '"level":"ERROR"' "$WORK/server.log"; then
+if grep -q '"level":"ERROR"' "$SERVER_LOG"; then
     echo "fuzz.sh: the server logged errors:" >&2
-    grep '"level":"ERROR"' "$WORK/server.log" | head -20 >&2
+    grep '"level":"ERROR"' "$SERVER_LOG" | head -20 >&2
     status=1
 fi
 exit "$status"

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use moka::future::Cache;
@@ -250,7 +250,7 @@ fn end_user(headers: &HeaderMap) -> Result<Option<EndUserId>, AppError> {
     if values.next().is_some() {
         return Err(FieldError::new(EndUserId::HEADER, "must be given at most once").into());
     }
-    let raw = header_text(value).ok_or_else(|| {
+    let raw = value.to_str().ok().ok_or_else(|| {
         FieldError::new(
             EndUserId::HEADER,
             "must contain only printable ASCII characters",
@@ -259,12 +259,10 @@ fn end_user(headers: &HeaderMap) -> Result<Option<EndUserId>, AppError> {
     Ok(Some(EndUserId::parse(raw)?))
 }
 
-fn header_text(value: &HeaderValue) -> Option<&str> {
-    value.to_str().ok()
-}
-
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]
