@@ -5,6 +5,14 @@
 //! the end user. Every write is one SQL statement: the database, not the
 //! application, arbitrates concurrent requests.
 
+/// The columns of a feedback entry, as `FeedbackRow` reads them: a macro so
+/// that the per-request statements are `concat!`ed at compile time.
+macro_rules! feedback_columns {
+    () => {
+        "seq, output_id, kind, rating, description, model, end_user, created_at, updated_at"
+    };
+}
+
 mod postgres;
 mod sqlite;
 
@@ -281,9 +289,8 @@ pub enum ConnectError {
     },
 }
 
-/// Columns of a feedback entry, as `FeedbackRow` reads them.
-const FEEDBACK_COLUMNS: &str =
-    "seq, output_id, kind, rating, description, model, end_user, created_at, updated_at";
+/// Columns of a feedback entry, for statements built at run time.
+const FEEDBACK_COLUMNS: &str = feedback_columns!();
 
 /// Entries are read in chunks of at most this many rows per query.
 pub const MAX_PAGE_ROWS: u32 = 1000;

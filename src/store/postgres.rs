@@ -128,15 +128,16 @@ impl Store for PostgresStore {
     ) -> StoreResult<Option<Feedback>> {
         // One statement: of concurrent creates of one key exactly one inserts,
         // the others see the conflict and get no row back.
-        let sql = format!(
+        const SQL: &str = concat!(
             "insert into feedback
                  (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
              values ($1, $2, $3, $4, $5, $6, $7,
                      date_trunc('milliseconds', now()), date_trunc('milliseconds', now()))
              on conflict (tenant, kind, output_id) do nothing
-             returning {FEEDBACK_COLUMNS}"
+             returning ",
+            feedback_columns!()
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(new.key.kind.as_str())
             .bind(new.key.id.as_str())
@@ -157,17 +158,18 @@ impl Store for PostgresStore {
     ) -> StoreResult<Option<Feedback>> {
         // One statement, each column written only when its field was present:
         // the row lock makes concurrent updates of different fields compose.
-        let sql = format!(
+        const SQL: &str = concat!(
             "update feedback set
                  rating = case when $5 then $6 else rating end,
                  description = case when $7 then $8 else description end,
                  updated_at = greatest(date_trunc('milliseconds', now()), updated_at)
              where tenant = $1 and kind = $2 and output_id = $3
                and ($4::text is null or end_user = $4)
-             returning {FEEDBACK_COLUMNS}"
+             returning ",
+            feedback_columns!()
         );
         let params = ChangeParams::from(changes);
-        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
@@ -186,12 +188,14 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>> {
-        let sql = format!(
-            "select {FEEDBACK_COLUMNS} from feedback
+        const SQL: &str = concat!(
+            "select ",
+            feedback_columns!(),
+            " from feedback
              where tenant = $1 and kind = $2 and output_id = $3
                and ($4::text is null or end_user = $4)"
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
@@ -268,13 +272,15 @@ impl Store for PostgresStore {
         kind: OutputKind,
         ids: &[OutputId],
     ) -> StoreResult<Vec<Feedback>> {
-        let sql = format!(
-            "select {FEEDBACK_COLUMNS} from feedback
+        const SQL: &str = concat!(
+            "select ",
+            feedback_columns!(),
+            " from feedback
              where tenant = $1 and kind = $2 and output_id = any($3)
                and ($4::text is null or end_user = $4)"
         );
         let ids: Vec<&str> = ids.iter().map(OutputId::as_str).collect();
-        let rows = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let rows = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(kind.as_str())
             .bind(&ids)

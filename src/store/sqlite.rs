@@ -152,14 +152,15 @@ impl Store for SqliteStore {
         scope: &Scope,
         new: &NewFeedback,
     ) -> StoreResult<Option<Feedback>> {
-        let sql = format!(
+        const SQL: &str = concat!(
             "insert into feedback
                  (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
              values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
              on conflict (tenant, kind, output_id) do nothing
-             returning {FEEDBACK_COLUMNS}"
+             returning ",
+            feedback_columns!()
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(new.key.kind.as_str())
             .bind(new.key.id.as_str())
@@ -179,17 +180,18 @@ impl Store for SqliteStore {
         key: &FeedbackKey,
         changes: &FeedbackChanges,
     ) -> StoreResult<Option<Feedback>> {
-        let sql = format!(
+        const SQL: &str = concat!(
             "update feedback set
                  rating = case when ?5 then ?6 else rating end,
                  description = case when ?7 then ?8 else description end,
                  updated_at = max(?9, updated_at)
              where tenant = ?1 and kind = ?2 and output_id = ?3
                and (?4 is null or end_user = ?4)
-             returning {FEEDBACK_COLUMNS}"
+             returning ",
+            feedback_columns!()
         );
         let params = ChangeParams::from(changes);
-        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
@@ -209,12 +211,14 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>> {
-        let sql = format!(
-            "select {FEEDBACK_COLUMNS} from feedback
+        const SQL: &str = concat!(
+            "select ",
+            feedback_columns!(),
+            " from feedback
              where tenant = ?1 and kind = ?2 and output_id = ?3
                and (?4 is null or end_user = ?4)"
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
@@ -298,8 +302,10 @@ impl Store for SqliteStore {
         ids: &[OutputId],
     ) -> StoreResult<Vec<Feedback>> {
         // One statement for any number of ids: they travel as a JSON array.
-        let sql = format!(
-            "select {FEEDBACK_COLUMNS} from feedback
+        const SQL: &str = concat!(
+            "select ",
+            feedback_columns!(),
+            " from feedback
              where tenant = ?1 and kind = ?2
                and output_id in (select value from json_each(?3))
                and (?4 is null or end_user = ?4)"
@@ -307,7 +313,7 @@ impl Store for SqliteStore {
         let ids: Vec<&str> = ids.iter().map(OutputId::as_str).collect();
         let ids = serde_json::to_string(&ids)
             .map_err(|err| StoreError::Corrupt(format!("cannot encode ids: {err}")))?;
-        let rows = sqlx::query_as::<_, FeedbackRow>(&sql)
+        let rows = sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(kind.as_str())
             .bind(ids)
