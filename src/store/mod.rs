@@ -13,6 +13,20 @@ macro_rules! feedback_columns {
     };
 }
 
+/// Runs one statement on a connection of `$pool` and gives the connection
+/// back: `run!(self.pool, |conn| query.fetch_one(conn))?`.
+macro_rules! run {
+    ($pool:expr, |$conn:ident| $statement:expr) => {{
+        let mut $conn = $pool.acquire().await?;
+        let result = {
+            let $conn = &mut *$conn;
+            $statement.await
+        };
+        $conn.settle(result)
+    }};
+}
+
+mod pool;
 mod postgres;
 mod sqlite;
 
@@ -131,17 +145,6 @@ pub struct PoolStats {
     pub idle: u32,
     /// The most it may open.
     pub max: u32,
-}
-
-impl PoolStats {
-    fn of<DB: sqlx::Database>(pool_name: &'static str, pool: &sqlx::Pool<DB>) -> Self {
-        Self {
-            pool: pool_name,
-            open: pool.size(),
-            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
-            max: pool.options().get_max_connections(),
-        }
-    }
 }
 
 /// What revoking a key did.

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, FromRow, PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row};
 
+use super::pool::{Pool, PoolConfig};
 use super::{
     ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
     PoolStats, Revocation, Store, StoreOptions, StoreResult, into_page, order_sql,
@@ -23,7 +24,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Entries stored through a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pool: Pool<PgConnection>,
 }
 
 impl PostgresStore {
@@ -37,52 +38,25 @@ impl PostgresStore {
                 source,
             })?
             .application_name("llm-feedback");
-        let pool = match PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            // sqlx pings every connection it hands out by default: a round
-            // trip per request. Only connections idle for a while are checked
-            // (those are the ones a database restart leaves dead); a busy
-            // connection that died fails its statement, which answers 503.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(connect_options.clone())
+        let pool: Pool<PgConnection> = Pool::new(PoolConfig {
+            connect: connect_options,
+            max_connections: options.max_connections,
+            acquire_timeout: options.acquire_timeout,
+            ping_if_idle_for: Some(PING_IF_IDLE_FOR),
+        });
+        let mut conn = pool
+            .acquire()
             .await
-        {
-            Ok(pool) => pool,
-            Err(sqlx::Error::PoolTimedOut) => {
-                // The pool only says it timed out; one direct attempt tells why
-                // (refused, unknown host, authentication failed...).
-                let cause = tokio::time::timeout(
-                    options.acquire_timeout,
-                    PgConnection::connect_with(&connect_options),
-                )
-                .await
-                .map_or(sqlx::Error::PoolTimedOut, |attempt| {
-                    attempt.err().unwrap_or(sqlx::Error::PoolTimedOut)
-                });
-                return Err(ConnectError::Connect { url, source: cause });
-            }
-            Err(source) => return Err(ConnectError::Connect { url, source }),
-        };
+            .map_err(|source| ConnectError::Connect {
+                url: url.clone(),
+                source,
+            })?;
         sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
+            .run(&mut *conn)
             .await
             .map_err(|source| ConnectError::Migrate { url, source })?;
+        conn.release();
         Ok(Self { pool })
-    }
-
-    /// The pool, for metrics and tests.
-    #[must_use]
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 }
 
@@ -137,7 +111,7 @@ impl Store for PostgresStore {
              returning ",
             feedback_columns!()
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let row = run!(self.pool, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(new.key.kind.as_str())
             .bind(new.key.id.as_str())
@@ -145,8 +119,7 @@ impl Store for PostgresStore {
             .bind(new.rating.map(Rating::as_str))
             .bind(new.description.as_ref().map(Description::as_str))
             .bind(new.model.as_ref().map(ModelName::as_str))
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -169,7 +142,7 @@ impl Store for PostgresStore {
             feedback_columns!()
         );
         let params = ChangeParams::from(changes);
-        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let row = run!(self.pool, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
@@ -178,8 +151,7 @@ impl Store for PostgresStore {
             .bind(params.rating)
             .bind(params.set_description)
             .bind(params.description)
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -195,13 +167,12 @@ impl Store for PostgresStore {
              where tenant = $1 and kind = $2 and output_id = $3
                and ($4::text is null or end_user = $4)"
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let row = run!(self.pool, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
             .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -210,7 +181,7 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Position>> {
-        let row: Option<(DateTime<Utc>, i64)> = sqlx::query_as(
+        let row: Option<(DateTime<Utc>, i64)> = run!(self.pool, |conn| sqlx::query_as(
             "select created_at, seq from feedback
              where tenant = $1 and kind = $2 and output_id = $3
                and ($4::text is null or end_user = $4)",
@@ -219,8 +190,7 @@ impl Store for PostgresStore {
         .bind(key.kind.as_str())
         .bind(key.id.as_str())
         .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(conn))?;
         Ok(row.map(|(created_at, seq)| Position { created_at, seq }))
     }
 
@@ -243,10 +213,9 @@ impl Store for PostgresStore {
             " order by created_at {direction}, seq {direction} limit "
         ));
         query.push_bind(i64::from(page.limit));
-        let rows = query
+        let rows = run!(self.pool, |conn| query
             .build_query_as::<FeedbackRow>()
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(conn))?;
         into_page(rows)
     }
 
@@ -262,7 +231,7 @@ impl Store for PostgresStore {
         query.push(" limit ");
         query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
         query.push(") as capped");
-        let (count,): (i64,) = query.build_query_as().fetch_one(&self.pool).await?;
+        let (count,): (i64,) = run!(self.pool, |conn| query.build_query_as().fetch_one(conn))?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
 
@@ -280,18 +249,17 @@ impl Store for PostgresStore {
                and ($4::text is null or end_user = $4)"
         );
         let ids: Vec<&str> = ids.iter().map(OutputId::as_str).collect();
-        let rows = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let rows = run!(self.pool, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(kind.as_str())
             .bind(&ids)
             .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(conn))?;
         rows.into_iter().map(Feedback::try_from).collect()
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool> {
-        let result = sqlx::query(
+        let result = run!(self.pool, |conn| sqlx::query(
             "insert into api_keys (id, tenant, name, prefix, secret_hash, created_at)
              values ($1, $2, $3, $4, $5, date_trunc('milliseconds', now()))
              on conflict do nothing",
@@ -301,44 +269,42 @@ impl Store for PostgresStore {
         .bind(key.name.as_deref())
         .bind(&key.prefix)
         .bind(&key.secret_hash)
-        .execute(&self.pool)
-        .await?;
+        .execute(conn))?;
         Ok(result.rows_affected() == 1)
     }
 
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let row = sqlx::query_as::<_, ApiKeyRow>(
+        let row = run!(self.pool, |conn| sqlx::query_as::<_, ApiKeyRow>(
             "select id, tenant, name, prefix, created_at, revoked_at
              from api_keys where secret_hash = $1",
         )
         .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(conn))?;
         row.map(ApiKeyRecord::try_from).transpose()
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
-        let rows = sqlx::query_as::<_, ApiKeyRow>(
+        let rows = run!(self.pool, |conn| sqlx::query_as::<_, ApiKeyRow>(
             "select id, tenant, name, prefix, created_at, revoked_at
              from api_keys where $1::text is null or tenant = $1
              order by created_at, id",
         )
         .bind(tenant.map(TenantId::as_str))
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(conn))?;
         rows.into_iter().map(ApiKeyRecord::try_from).collect()
     }
 
     async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation> {
-        let previous: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
+        let previous: Option<(Option<DateTime<Utc>>,)> = run!(self.pool, |conn| {
+            sqlx::query_as(
             "with old as (select id, revoked_at from api_keys where id = $1 for update)
              update api_keys k set revoked_at = coalesce(old.revoked_at, date_trunc('milliseconds', now()))
              from old where k.id = old.id
              returning old.revoked_at",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(conn)
+        })?;
         Ok(match previous {
             None => Revocation::NotFound,
             Some((None,)) => Revocation::Revoked,
@@ -347,12 +313,12 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("select 1").execute(&self.pool).await?;
+        run!(self.pool, |conn| sqlx::query("select 1").execute(conn))?;
         Ok(())
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
-        vec![PoolStats::of("main", &self.pool)]
+        vec![self.pool.stats("main")]
     }
 
     async fn close(&self) {

@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{FromRow, QueryBuilder, Row, Sqlite};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
 
+use super::pool::{Pool, PoolConfig};
 use super::{
     ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
     PoolStats, Revocation, Store, StoreError, StoreOptions, StoreResult, into_page, order_sql,
@@ -33,8 +31,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Entries stored in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    readers: SqlitePool,
+    writer: Pool<SqliteConnection>,
+    readers: Pool<SqliteConnection>,
 }
 
 impl SqliteStore {
@@ -68,33 +66,34 @@ impl SqliteStore {
             source,
         };
         // Local connections do not die between uses: no ping before each one.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect_options.clone())
-            .await
-            .map_err(connect_error)?;
+        let writer: Pool<SqliteConnection> = Pool::new(PoolConfig {
+            connect: connect_options.clone(),
+            max_connections: 1,
+            acquire_timeout: options.acquire_timeout,
+            ping_if_idle_for: None,
+        });
+        let mut conn = writer.acquire().await.map_err(connect_error)?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
+            .run(&mut *conn)
             .await
             .map_err(|source| ConnectError::Migrate {
                 url: url.clone(),
                 source,
             })?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
-            .test_before_acquire(false)
-            .acquire_timeout(options.acquire_timeout)
-            // 1 MiB of page cache per reader (SQLite's default is 2 MiB):
-            // the OS page cache holds the file anyway.
-            .connect_with(
-                connect_options
-                    .read_only(true)
-                    .pragma("cache_size", "-1024"),
-            )
-            .await
-            .map_err(connect_error)?;
+        conn.release();
+        // 1 MiB of page cache per reader (SQLite's default is 2 MiB): the OS
+        // page cache holds the file anyway.
+        let readers: Pool<SqliteConnection> = Pool::new(PoolConfig {
+            connect: connect_options
+                .read_only(true)
+                .pragma("cache_size", "-1024"),
+            max_connections: options.max_connections,
+            acquire_timeout: options.acquire_timeout,
+            ping_if_idle_for: None,
+        });
+        // Opens one reader now, so that a file that cannot be read fails the
+        // start rather than the first request.
+        readers.acquire().await.map_err(connect_error)?.release();
         Ok(Self { writer, readers })
     }
 }
@@ -160,7 +159,7 @@ impl Store for SqliteStore {
              returning ",
             feedback_columns!()
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(new.key.kind.as_str())
             .bind(new.key.id.as_str())
@@ -169,8 +168,7 @@ impl Store for SqliteStore {
             .bind(new.description.as_ref().map(Description::as_str))
             .bind(new.model.as_ref().map(ModelName::as_str))
             .bind(now_millis())
-            .fetch_optional(&self.writer)
-            .await?;
+            .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -191,7 +189,7 @@ impl Store for SqliteStore {
             feedback_columns!()
         );
         let params = ChangeParams::from(changes);
-        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
@@ -201,8 +199,7 @@ impl Store for SqliteStore {
             .bind(params.set_description)
             .bind(params.description)
             .bind(now_millis())
-            .fetch_optional(&self.writer)
-            .await?;
+            .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -218,13 +215,12 @@ impl Store for SqliteStore {
              where tenant = ?1 and kind = ?2 and output_id = ?3
                and (?4 is null or end_user = ?4)"
         );
-        let row = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let row = run!(self.readers, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
             .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_optional(&self.readers)
-            .await?;
+            .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -233,7 +229,7 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Position>> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
+        let row: Option<(i64, i64)> = run!(self.readers, |conn| sqlx::query_as(
             "select created_at, seq from feedback
              where tenant = ?1 and kind = ?2 and output_id = ?3
                and (?4 is null or end_user = ?4)",
@@ -242,8 +238,7 @@ impl Store for SqliteStore {
         .bind(key.kind.as_str())
         .bind(key.id.as_str())
         .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-        .fetch_optional(&self.readers)
-        .await?;
+        .fetch_optional(conn))?;
         let Some((created_at, seq)) = row else {
             return Ok(None);
         };
@@ -272,10 +267,9 @@ impl Store for SqliteStore {
             " order by created_at {direction}, seq {direction} limit "
         ));
         query.push_bind(i64::from(page.limit));
-        let rows = query
+        let rows = run!(self.readers, |conn| query
             .build_query_as::<FeedbackRow>()
-            .fetch_all(&self.readers)
-            .await?;
+            .fetch_all(conn))?;
         into_page(rows)
     }
 
@@ -291,7 +285,7 @@ impl Store for SqliteStore {
         query.push(" limit ");
         query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
         query.push(")");
-        let (count,): (i64,) = query.build_query_as().fetch_one(&self.readers).await?;
+        let (count,): (i64,) = run!(self.readers, |conn| query.build_query_as().fetch_one(conn))?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
 
@@ -313,18 +307,17 @@ impl Store for SqliteStore {
         let ids: Vec<&str> = ids.iter().map(OutputId::as_str).collect();
         let ids = serde_json::to_string(&ids)
             .map_err(|err| StoreError::Corrupt(format!("cannot encode ids: {err}")))?;
-        let rows = sqlx::query_as::<_, FeedbackRow>(SQL)
+        let rows = run!(self.readers, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(kind.as_str())
             .bind(ids)
             .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_all(&self.readers)
-            .await?;
+            .fetch_all(conn))?;
         rows.into_iter().map(Feedback::try_from).collect()
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool> {
-        let result = sqlx::query(
+        let result = run!(self.writer, |conn| sqlx::query(
             "insert into api_keys (id, tenant, name, prefix, secret_hash, created_at)
              values (?1, ?2, ?3, ?4, ?5, ?6)
              on conflict do nothing",
@@ -335,38 +328,36 @@ impl Store for SqliteStore {
         .bind(&key.prefix)
         .bind(&key.secret_hash)
         .bind(now_millis())
-        .execute(&self.writer)
-        .await?;
+        .execute(conn))?;
         Ok(result.rows_affected() == 1)
     }
 
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let row = sqlx::query_as::<_, ApiKeyRow>(
+        let row = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
             "select id, tenant, name, prefix, created_at, revoked_at
              from api_keys where secret_hash = ?1",
         )
         .bind(secret_hash)
-        .fetch_optional(&self.readers)
-        .await?;
+        .fetch_optional(conn))?;
         row.map(ApiKeyRecord::try_from).transpose()
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
-        let rows = sqlx::query_as::<_, ApiKeyRow>(
+        let rows = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
             "select id, tenant, name, prefix, created_at, revoked_at
              from api_keys where ?1 is null or tenant = ?1
              order by created_at, id",
         )
         .bind(tenant.map(TenantId::as_str))
-        .fetch_all(&self.readers)
-        .await?;
+        .fetch_all(conn))?;
         rows.into_iter().map(ApiKeyRecord::try_from).collect()
     }
 
     async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation> {
         // The writer pool has one connection, so nothing writes between the
         // read and the update.
-        let mut tx = self.writer.begin().await?;
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = conn.begin().await?;
         let previous: Option<(Option<i64>,)> =
             sqlx::query_as("select revoked_at from api_keys where id = ?1")
                 .bind(id)
@@ -385,30 +376,32 @@ impl Store for SqliteStore {
             }
         };
         tx.commit().await?;
+        conn.release();
         Ok(outcome)
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("select 1").execute(&self.readers).await?;
+        run!(self.readers, |conn| sqlx::query("select 1").execute(conn))?;
         Ok(())
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {
-        vec![
-            PoolStats::of("writer", &self.writer),
-            PoolStats::of("readers", &self.readers),
-        ]
+        vec![self.writer.stats("writer"), self.readers.stats("readers")]
     }
 
     async fn close(&self) {
         self.readers.close().await;
         // Fold the WAL back into the database file so that the file alone is
         // a complete copy after shutdown.
-        if let Err(err) = sqlx::query("pragma wal_checkpoint(truncate)")
-            .execute(&self.writer)
-            .await
-            .map_err(StoreError::from)
-        {
+        let checkpoint: StoreResult<()> = async {
+            run!(self.writer, |conn| sqlx::query(
+                "pragma wal_checkpoint(truncate)"
+            )
+            .execute(conn))?;
+            Ok(())
+        }
+        .await;
+        if let Err(err) = checkpoint {
             tracing::warn!(error = %err, "could not checkpoint the SQLite WAL");
         }
         self.writer.close().await;

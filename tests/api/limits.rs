@@ -139,6 +139,12 @@ impl WriteLock {
         let Self::Postgres(connection) = self else {
             panic!("only PostgreSQL shows waiting sessions");
         };
+        // This connection is inside a transaction, where pg_stat_activity
+        // is read once and cached: drop that snapshot first.
+        sqlx::query("select pg_stat_clear_snapshot()")
+            .execute(&mut *connection)
+            .await
+            .expect("pg_stat_clear_snapshot");
         let (count,): (i64,) = sqlx::query_as(
             "select count(*) from pg_stat_activity
              where datname = current_database() and wait_event_type = 'Lock'",

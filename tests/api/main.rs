@@ -40,6 +40,7 @@ mod logs;
 mod openapi;
 mod operations;
 mod outage;
+mod pool;
 mod scale_out;
 mod scoping;
 mod shutdown;
