@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::feedback::{EndUserId, FieldError, Scope, TenantId};
 use crate::http::{AppError, AppState};
 use crate::store::{NewApiKey, Store, StoreError};
-use crate::telemetry::AUTH_FAILURES;
+use crate::telemetry::{AUTH_FAILURES, RequestContext};
 
 /// Every generated secret starts with this, so leaked keys are recognisable
 /// (secret scanners, logs).
@@ -205,7 +205,7 @@ pub(crate) async fn require_api_key(
         metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
         return Err(AppError::Unauthorized);
     };
-    tracing::Span::current().record("tenant", key.tenant.as_str());
+    RequestContext::record_tenant(&key);
     let mut response = match admit(&state, &key, &mut request) {
         Ok(()) => next.run(request).await,
         Err(err) => err.into_response(),
