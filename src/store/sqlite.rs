@@ -5,6 +5,13 @@
 //! a pool of exactly one connection, so writers queue in the pool, bounded by
 //! the acquire timeout; readers use their own pool and, in WAL mode, never
 //! wait for the writer.
+//!
+//! Writes with `returning` are stepped until SQLite says they are done
+//! (`fetch_all`). `fetch_optional` stops at the first row and resets the
+//! statement: the write still commits, but SQLite runs its WAL
+//! auto-checkpoint only from a step that finishes, so under a steady stream
+//! of such writes the WAL grew without bound (gigabytes in a minute of load,
+//! every write slower than the last) until shutdown.
 
 use std::time::Duration;
 
@@ -159,7 +166,8 @@ impl Store for SqliteStore {
              returning ",
             feedback_columns!()
         );
-        let row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
+        // `fetch_all`, not `fetch_optional`: see the module documentation.
+        let mut row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(new.key.kind.as_str())
             .bind(new.key.id.as_str())
@@ -168,8 +176,8 @@ impl Store for SqliteStore {
             .bind(new.description.as_ref().map(Description::as_str))
             .bind(new.model.as_ref().map(ModelName::as_str))
             .bind(now_millis())
-            .fetch_optional(conn))?;
-        into_feedback(row)
+            .fetch_all(conn))?;
+        into_feedback(row.pop())
     }
 
     async fn update_feedback(
@@ -189,7 +197,8 @@ impl Store for SqliteStore {
             feedback_columns!()
         );
         let params = ChangeParams::from(changes);
-        let row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
+        // `fetch_all`, not `fetch_optional`: see the module documentation.
+        let mut row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
             .bind(scope.tenant.as_str())
             .bind(key.kind.as_str())
             .bind(key.id.as_str())
@@ -199,8 +208,8 @@ impl Store for SqliteStore {
             .bind(params.set_description)
             .bind(params.description)
             .bind(now_millis())
-            .fetch_optional(conn))?;
-        into_feedback(row)
+            .fetch_all(conn))?;
+        into_feedback(row.pop())
     }
 
     async fn find_feedback(

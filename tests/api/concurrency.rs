@@ -195,3 +195,43 @@ async fn sqlite_serves_32_concurrent_writers_without_lock_errors() {
         }
     }
 }
+
+/// The WAL is folded back into the database file as writes go (SQLite's
+/// auto-checkpoint), so it stays around its 1000-page threshold instead of
+/// growing with every write until shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_its_wal_bounded_under_sustained_writes() {
+    // SQLite checkpoints once the WAL holds 1000 pages; 4 KiB pages.
+    const CHECKPOINT_AT_BYTES: u64 = 1000 * 4096;
+    let app = spawn_app(Backend::Sqlite).await;
+    let path = app
+        .database_url
+        .strip_prefix("sqlite://")
+        .expect("a sqlite:// URL")
+        .to_owned();
+    let size =
+        |suffix: &str| std::fs::metadata(format!("{path}{suffix}")).map_or(0, |meta| meta.len());
+
+    let mut writes = 0;
+    while size("") < CHECKPOINT_AT_BYTES / 4 {
+        assert!(
+            size("-wal") < 2 * CHECKPOINT_AT_BYTES,
+            "after {writes} writes the WAL holds {} bytes and the database file {}: no checkpoint",
+            size("-wal"),
+            size("")
+        );
+        let id = format!("wal-{writes}");
+        let created = app
+            .create(
+                "responses",
+                json!({"id": id, "description": "x".repeat(500)}),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let updated = app
+            .update("responses", &id, json!({"rating": "thumbs_up"}))
+            .await;
+        assert_eq!(updated.status, 200, "{}", updated.text);
+        writes += 2;
+    }
+}
