@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -176,10 +176,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Middleware: authenticates every request under `/api/v1` before anything
-/// else about it is looked at, then reads `X-On-Behalf-Of`.
+/// Authenticates every request under `/api/v1` before anything else about
+/// it is looked at, then reads `X-On-Behalf-Of`.
 pub(crate) async fn require_api_key(
-    State(state): State<AppState>,
+    state: &AppState,
     mut request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
@@ -206,7 +206,7 @@ pub(crate) async fn require_api_key(
         return Err(AppError::Unauthorized);
     };
     RequestContext::record_tenant(&key);
-    let mut response = match admit(&state, &key, &mut request) {
+    let mut response = match admit(state, &key, &mut request) {
         Ok(()) => next.run(request).await,
         Err(err) => err.into_response(),
     };

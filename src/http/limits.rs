@@ -5,8 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -33,14 +32,14 @@ impl Limits {
     }
 }
 
-/// Middleware: API requests beyond the bound are answered 503 at once rather
+/// API requests beyond the bound are answered 503 at once rather
 /// than queued without limit; every request past its deadline gets 503.
 /// Operational endpoints are not shed, so probes see the process as it is.
-pub(crate) async fn enforce_limits(
-    State(limits): State<Limits>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn enforce_limits<F, Fut>(limits: &Limits, request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let mut permit = None;
     if request.uri().path().starts_with("/api/") {
         let Ok(acquired) = Arc::clone(&limits.permits).try_acquire_owned() else {
@@ -53,7 +52,7 @@ pub(crate) async fn enforce_limits(
         };
         permit = Some(acquired);
     }
-    let Ok(response) = tokio::time::timeout(limits.timeout, next.run(request)).await else {
+    let Ok(response) = tokio::time::timeout(limits.timeout, inner(request)).await else {
         metrics::counter!(REQUEST_TIMEOUTS).increment(1);
         return AppError::Unavailable(format!(
             "request timed out after {} ms",

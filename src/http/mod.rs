@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware;
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
@@ -131,13 +132,11 @@ pub fn router(
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         // Outside routing: authentication guards unknown `/api/v1` paths too.
         .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ))
-        .layer(middleware::from_fn(connection::close_if_body_unread))
-        .layer(middleware::from_fn_with_state(
-            limits,
-            limits::enforce_limits,
+            Guards {
+                limits,
+                state: state.clone(),
+            },
+            guard,
         ));
     // CORS outside authentication: preflights carry no credentials.
     let layered = match cors_layer(&settings.cors_allowed_origins) {
@@ -149,6 +148,32 @@ pub fn router(
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(telemetry::trace_request))
         .with_state(state)
+}
+
+/// What the guard layer needs.
+#[derive(Clone)]
+struct Guards {
+    limits: Limits,
+    state: AppState,
+}
+
+/// The API's guards, outermost first: load shedding and the request
+/// deadline, `Connection: close` for unread bodies, authentication. One
+/// layer rather than three: every `from_fn` layer costs a clone of the inner
+/// service and two boxes per request.
+async fn guard(
+    State(Guards { limits, state }): State<Guards>,
+    request: Request,
+    next: Next,
+) -> Response {
+    limits::enforce_limits(&limits, request, move |request| {
+        connection::close_if_body_unread(request, move |request| async move {
+            auth::require_api_key(&state, request, next)
+                .await
+                .into_response()
+        })
+    })
+    .await
 }
 
 /// CORS for browser frontends, when origins are configured.
