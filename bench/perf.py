@@ -9,7 +9,10 @@ count, it measures:
 in ROUNDS rounds that alternate which side runs first, and prints medians:
 requests per second, p50/p99 latency, non-2xx count, the service's CPU time
 per request (from /proc over the measured phase) and peak RSS, and the ratio
-service/pgbench. Then the same HTTP load against the SQLite store.
+service/pgbench. Unless BENCH_BARE=0, the same HTTP load also runs against
+examples/bare_handler.rs (axum + sqlx with sqlx's default pool, only the
+statements: no auth, logs, metrics or limits), the yardstick the service
+should beat. Then the same HTTP load against the SQLite store.
 
 Usage: bench/perf.sh  (environment: see the constants below)
 """
@@ -34,6 +37,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 BIN = Path(os.environ.get("BENCH_BIN") or Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "llm-feedback")
+BARE_BIN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "examples" / "bare_handler"
+BARE = os.environ.get("BENCH_BARE", "1") != "0"
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "32"))
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
@@ -80,14 +85,14 @@ def psql(url, sql):
 class Service:
     """The release binary on a database, with the bench key provisioned."""
 
-    def __init__(self, url):
+    def __init__(self, url, binary=BIN):
         self.port = free_port()
         self.log = open(WORK / f"service-{self.port}.log", "w")
         env = dict(os.environ, DATABASE_URL=url, LISTEN_ADDR=f"127.0.0.1:{self.port}",
                    BOOTSTRAP_API_KEY=KEY, **SERVICE_ENV)
         if "BENCH_POOL" in os.environ:
             env["DATABASE_MAX_CONNECTIONS"] = os.environ["BENCH_POOL"]
-        self.proc = subprocess.Popen([str(BIN), "serve"], env=env, cwd=WORK,
+        self.proc = subprocess.Popen([str(binary), "serve"], env=env, cwd=WORK,
                                      stdout=self.log, stderr=self.log)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -207,28 +212,32 @@ def postgres_benchmark():
     name = f"llm_feedback_perf_{int(time.time())}_{secrets.token_hex(3)}"
     psql(ADMIN_URL, f"create database {name}")
     url = database_url(name)
-    service = None
+    service = bare = None
     try:
-        service = Service(url)
+        service = Service(url)  # migrates the database
+        if BARE:
+            bare = Service(url, BARE_BIN)
         preload_postgres(url)
         table = {}
         for op, script, sql in OPS:
-            rounds_service, rounds_pg = [], []
+            rounds = {"service": [], "pgbench": [], "bare": []}
             for round_no in range(ROUNDS):
-                service_first = round_no % 2 == 1
-                sides = ["service", "pgbench"] if service_first else ["pgbench", "service"]
+                sides = ["pgbench", "service"] + (["bare"] if bare else [])
+                sides = sides[round_no % len(sides):] + sides[:round_no % len(sides)]
                 for side in sides:
-                    if side == "service":
-                        rounds_service.append(measure_service(service, op, script, round_no))
+                    if side == "pgbench":
+                        rounds[side].append(measure_pgbench(url, sql))
                     else:
-                        rounds_pg.append(measure_pgbench(url, sql))
-                log(f"  {op} round {round_no + 1}: service {rounds_service[-1]['rps']:.0f}/s, "
-                    f"pgbench {rounds_pg[-1]['rps']:.0f}/s")
-            table[op] = (rounds_service, rounds_pg)
+                        target = service if side == "service" else bare
+                        rounds[side].append(measure_service(target, op, script, round_no))
+                log(f"  {op} round {round_no + 1}: "
+                    + ", ".join(f"{side} {rounds[side][-1]['rps']:.0f}/s" for side in sides))
+            table[op] = (rounds["service"], rounds["pgbench"], rounds["bare"])
         return table, service.peak_rss_mib()
     finally:
-        if service:
-            service.stop()
+        for running in (service, bare):
+            if running:
+                running.stop()
         psql(ADMIN_URL, f"drop database if exists {name} with (force)")
 
 
@@ -260,7 +269,7 @@ def report(pg_table, pg_rss, sqlite_table, sqlite_rss):
               f"{'cpu us':>7} {'non-2xx':>8}")
     print(header)
     verdicts = []
-    for op, (service_rounds, pg_rounds) in pg_table.items():
+    for op, (service_rounds, pg_rounds, _) in pg_table.items():
         svc, pg = median(service_rounds, "rps"), median(pg_rounds, "rps")
         svc_p99, pg_p99 = median(service_rounds, "p99_ms"), median(pg_rounds, "p99_ms")
         cpu = median(service_rounds, "cpu_us")
@@ -277,6 +286,17 @@ def report(pg_table, pg_rss, sqlite_table, sqlite_rss):
             (f"{op} zero non-2xx", bad == 0),
         ]
     print(f"service peak RSS (PostgreSQL run): {pg_rss:.1f} MiB")
+    if BARE:
+        print("\nbare axum + sqlx handler (examples/bare_handler.rs: sqlx's default pool, "
+              "only the statements), same load")
+        print(f"{'op':<5} {'bare/s':>10} {'ratio':>6} {'p99':>8} {'cpu us':>7} {'non-2xx':>8} "
+              f"{'service/bare':>13}")
+        for op, (service_rounds, pg_rounds, bare_rounds) in pg_table.items():
+            bare = median(bare_rounds, "rps")
+            print(f"{op:<5} {bare:>10.0f} {bare / median(pg_rounds, 'rps'):>6.2f} "
+                  f"{median(bare_rounds, 'p99_ms'):>6.2f}ms {median(bare_rounds, 'cpu_us'):>7.1f} "
+                  f"{sum(r['non_2xx'] for r in bare_rounds):>8} "
+                  f"{median(service_rounds, 'rps') / bare:>13.2f}")
     verdicts.append(("peak RSS < 64 MiB (PostgreSQL)", pg_rss < 64))
     print(f"\nSQLite, same HTTP load ({ROUNDS} rounds each)")
     print(f"{'op':<5} {'service/s':>10} {'p50':>8} {'p99':>8} {'cpu us':>7} {'non-2xx':>8}")

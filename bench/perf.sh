@@ -25,5 +25,5 @@ fi
 PATH="$PATH:$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
 export PATH
 
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet --bin llm-feedback --example bare_handler
 exec python3 bench/perf.py "$@"
