@@ -147,12 +147,6 @@ fn ids_of(rows: &[Vec<String>]) -> Vec<&str> {
     rows.iter().map(|row| row[0].as_str()).collect()
 }
 
-async fn create_ok(app: &TestApp, kind: &str, body: Value) -> Value {
-    let reply = app.create(kind, body).await;
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    reply.body
-}
-
 /// Creates `count` completions `e-00`, `e-01`... with a rating on every
 /// entry but each third; returns them in creation order.
 async fn create_entries(app: &TestApp, count: usize) -> Vec<Value> {
@@ -164,14 +158,14 @@ async fn create_entries(app: &TestApp, count: usize) -> Vec<Value> {
             1 => body["rating"] = json!("thumbs_down"),
             _ => {}
         }
-        created.push(create_ok(app, "completions", body).await);
+        created.push(app.create_ok("completions", body).await);
     }
     created
 }
 
 async fn export_is_an_attachment_of_utf8_csv_named_after_the_kind_and_today(app: TestApp) {
     create_entries(&app, 3).await;
-    create_ok(&app, "responses", json!({"id": "resp-1"})).await;
+    app.create_ok("responses", json!({"id": "resp-1"})).await;
     let day_before = Utc::now().format("%Y-%m-%d").to_string();
 
     let completions = export_as_tenant(&app, "completions", "").await;
@@ -207,15 +201,14 @@ async fn export_is_an_attachment_of_utf8_csv_named_after_the_kind_and_today(app:
 }
 
 async fn export_rows_hold_every_field_with_unset_values_as_empty_cells(app: TestApp) {
-    let bare = create_ok(&app, "completions", json!({"id": "bare"})).await;
-    let full = create_ok(
-        &app,
-        "completions",
-        json!({"id": "full", "model": "gpt-4o", "rating": "thumbs_down", "description": "meh"}),
-    )
-    .await;
-    create_ok(
-        &app,
+    let bare = app.create_ok("completions", json!({"id": "bare"})).await;
+    let full = app
+        .create_ok(
+            "completions",
+            json!({"id": "full", "model": "gpt-4o", "rating": "thumbs_down", "description": "meh"}),
+        )
+        .await;
+    app.create_ok(
         "completions",
         json!({"id": "updated", "rating": "thumbs_up", "description": "first"}),
     )
@@ -228,12 +221,12 @@ async fn export_rows_hold_every_field_with_unset_values_as_empty_cells(app: Test
         )
         .await;
     assert_eq!(updated.status, 200, "{}", updated.text);
-    let empty_description = create_ok(
-        &app,
-        "completions",
-        json!({"id": "empty-description", "description": ""}),
-    )
-    .await;
+    let empty_description = app
+        .create_ok(
+            "completions",
+            json!({"id": "empty-description", "description": ""}),
+        )
+        .await;
 
     let export = export_as_tenant(&app, "completions", "").await;
 
@@ -280,8 +273,7 @@ async fn descriptions_with_commas_quotes_newlines_and_non_ascii_text_survive_a_c
     let mut created = Vec::new();
     for (i, description) in descriptions.iter().enumerate() {
         created.push(
-            create_ok(
-                &app,
+            app.create_ok(
                 "completions",
                 json!({"id": format!("d-{i:02}"), "description": description, "model": "m, \"1\""}),
             )
@@ -407,12 +399,8 @@ async fn export_follows_the_order_and_rating_parameters(app: TestApp) {
 }
 
 async fn an_export_with_nothing_to_show_is_just_the_header_line(app: TestApp) {
-    create_ok(
-        &app,
-        "completions",
-        json!({"id": "up", "rating": "thumbs_up"}),
-    )
-    .await;
+    app.create_ok("completions", json!({"id": "up", "rating": "thumbs_up"}))
+        .await;
 
     let empty_kind = export_as_tenant(&app, "responses", "").await;
     let no_match = export_as_tenant(&app, "completions", "rating=thumbs_down&order=asc").await;
@@ -434,19 +422,16 @@ async fn an_export_with_nothing_to_show_is_just_the_header_line(app: TestApp) {
 }
 
 async fn export_of_one_kind_never_holds_entries_of_the_other(app: TestApp) {
-    let completion = create_ok(
-        &app,
-        "completions",
-        json!({"id": "same", "rating": "thumbs_up"}),
-    )
-    .await;
-    let response = create_ok(
-        &app,
-        "responses",
-        json!({"id": "same", "description": "the response"}),
-    )
-    .await;
-    let only_response = create_ok(&app, "responses", json!({"id": "resp-only"})).await;
+    let completion = app
+        .create_ok("completions", json!({"id": "same", "rating": "thumbs_up"}))
+        .await;
+    let response = app
+        .create_ok(
+            "responses",
+            json!({"id": "same", "description": "the response"}),
+        )
+        .await;
+    let only_response = app.create_ok("responses", json!({"id": "resp-only"})).await;
 
     let completions = export_as_tenant(&app, "completions", "").await;
     let responses = export_as_tenant(&app, "responses", "").await;
@@ -470,7 +455,9 @@ async fn export_shows_each_caller_only_its_entries_with_the_end_user_in_the_user
     let mut rows_of_alice = Vec::new();
     let mut rows_of_tenant_b = Vec::new();
     for i in 0..2 {
-        let wide = create_ok(&app, "completions", json!({"id": format!("wide-{i}")})).await;
+        let wide = app
+            .create_ok("completions", json!({"id": format!("wide-{i}")}))
+            .await;
         rows_of_tenant_a.push(row_of(&wide, ""));
         let reply = alice
             .create(

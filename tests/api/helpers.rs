@@ -349,6 +349,20 @@ impl TestApp {
         .await
     }
 
+    /// Creates an entry, asserts the `201`, returns the created entry.
+    pub(crate) async fn create_ok(&self, kind: &str, body: Value) -> Value {
+        let reply = self.create(kind, body).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.body
+    }
+
+    /// Updates an entry, asserts the `200`, returns the updated entry.
+    pub(crate) async fn update_ok(&self, kind: &str, id: &str, body: Value) -> Value {
+        let reply = self.update(kind, id, body).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.body
+    }
+
     /// `GET /api/v1/llm/feedback/{kind}/{id}`.
     pub(crate) async fn get(&self, kind: &str, id: &str) -> Reply {
         self.send(self.request(

@@ -55,13 +55,6 @@ fn ids_of(items: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-/// Creates an entry and returns the created entry.
-async fn create_ok(app: &TestApp, kind: &str, body: Value) -> Value {
-    let reply = app.create(kind, body).await;
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    reply.body
-}
-
 /// Creates `count` completions with mixed ratings, models and descriptions,
 /// one after the other; returns them in creation order.
 async fn create_mixed(app: &TestApp, prefix: &str, count: usize) -> Vec<Value> {
@@ -81,7 +74,7 @@ async fn create_mixed(app: &TestApp, prefix: &str, count: usize) -> Vec<Value> {
         } else if i % 7 == 0 {
             body["description"] = json!("");
         }
-        created.push(create_ok(app, "completions", body).await);
+        created.push(app.create_ok("completions", body).await);
     }
     created
 }
@@ -189,7 +182,8 @@ fn not_found(id: &str) -> Value {
 
 async fn paging_with_every_limit_order_and_rating_visits_each_entry_once_in_order(app: TestApp) {
     let created = create_mixed(&app, "chatcmpl", 47).await;
-    create_ok(&app, "responses", json!({"id": "resp-elsewhere"})).await;
+    app.create_ok("responses", json!({"id": "resp-elsewhere"}))
+        .await;
     let oldest_first: Vec<Value> = created.iter().map(list_item).collect();
 
     for rating in [None, Some("thumbs_up"), Some("thumbs_down")] {
@@ -280,21 +274,20 @@ async fn the_default_page_holds_the_20_newest_entries(app: TestApp) {
 }
 
 async fn list_items_and_pages_have_exactly_the_documented_keys(app: TestApp) {
-    let bare = create_ok(&app, "completions", json!({"id": "bare"})).await;
-    let full = create_ok(
-        &app,
-        "completions",
-        json!({"id": "full", "rating": "thumbs_down", "description": "ok", "model": "gpt-4o"}),
-    )
-    .await;
-    let empty_description = create_ok(
-        &app,
-        "completions",
-        json!({"id": "empty-description", "description": "", "rating": "thumbs_up"}),
-    )
-    .await;
-    create_ok(
-        &app,
+    let bare = app.create_ok("completions", json!({"id": "bare"})).await;
+    let full = app
+        .create_ok(
+            "completions",
+            json!({"id": "full", "rating": "thumbs_down", "description": "ok", "model": "gpt-4o"}),
+        )
+        .await;
+    let empty_description = app
+        .create_ok(
+            "completions",
+            json!({"id": "empty-description", "description": "", "rating": "thumbs_up"}),
+        )
+        .await;
+    app.create_ok(
         "completions",
         json!({"id": "cleared", "rating": "thumbs_up", "description": "gone"}),
     )
@@ -362,7 +355,7 @@ async fn a_page_after_the_last_entry_is_empty_without_first_and_last_id(app: Tes
 }
 
 async fn an_empty_namespace_lists_as_an_empty_page(app: TestApp) {
-    create_ok(&app, "responses", json!({"id": "resp-1"})).await;
+    app.create_ok("responses", json!({"id": "resp-1"})).await;
 
     let reply = app.list("completions", "").await;
     let filtered = app
@@ -398,12 +391,8 @@ async fn entries_created_while_paging_newest_first_never_appear_nor_shift_the_pa
             break;
         }
         for _ in 0..2 {
-            create_ok(
-                &app,
-                "completions",
-                json!({"id": format!("new-{new_count}")}),
-            )
-            .await;
+            app.create_ok("completions", json!({"id": format!("new-{new_count}")}))
+                .await;
             new_count += 1;
         }
     }
@@ -438,7 +427,7 @@ async fn entries_created_while_paging_oldest_first_come_last_and_exactly_once(ap
         if listed.len() < before_count {
             for _ in 0..2 {
                 let id = format!("new-{}", created.len() - before_count);
-                created.push(create_ok(&app, "completions", json!({"id": id})).await);
+                created.push(app.create_ok("completions", json!({"id": id})).await);
             }
         }
     }
@@ -458,8 +447,7 @@ async fn an_after_entry_outside_the_rating_filter_is_still_a_valid_cursor(app: T
             "thumbs_down"
         };
         created.push(
-            create_ok(
-                &app,
+            app.create_ok(
                 "completions",
                 json!({"id": format!("c-{i:02}"), "rating": rating}),
             )
@@ -500,9 +488,9 @@ async fn an_after_entry_outside_the_rating_filter_is_still_a_valid_cursor(app: T
 
 async fn an_after_id_with_reserved_characters_is_percent_decoded(app: TestApp) {
     let tricky = "a/b c?d=e&f#g+h%20 ü";
-    create_ok(&app, "completions", json!({"id": "first"})).await;
-    create_ok(&app, "completions", json!({"id": tricky})).await;
-    let last = create_ok(&app, "completions", json!({"id": "last"})).await;
+    app.create_ok("completions", json!({"id": "first"})).await;
+    app.create_ok("completions", json!({"id": tricky})).await;
+    let last = app.create_ok("completions", json!({"id": "last"})).await;
 
     let reply = app
         .list(
@@ -557,7 +545,8 @@ async fn bad_list_queries_are_400_invalid_request(app: TestApp) {
 async fn an_after_that_names_no_visible_entry_is_400(app: TestApp) {
     let tenant_b = app.new_key("tenant-b").await;
     let alice = app.as_caller(&app.api_key, Some("alice"));
-    create_ok(&app, "completions", json!({"id": "tenant-wide"})).await;
+    app.create_ok("completions", json!({"id": "tenant-wide"}))
+        .await;
     assert_eq!(
         alice
             .create("completions", json!({"id": "alices"}))
@@ -580,7 +569,8 @@ async fn an_after_that_names_no_visible_entry_is_400(app: TestApp) {
             .status,
         201
     );
-    create_ok(&app, "responses", json!({"id": "a-response"})).await;
+    app.create_ok("responses", json!({"id": "a-response"}))
+        .await;
 
     let missing = app.list("completions", "after=nothing-here").await;
     let foreign = app.list("completions", "after=foreign").await;
@@ -614,20 +604,22 @@ async fn an_after_that_names_no_visible_entry_is_400(app: TestApp) {
 }
 
 async fn the_two_kinds_are_listed_separately(app: TestApp) {
-    let completion = create_ok(
-        &app,
-        "completions",
-        json!({"id": "same-id", "rating": "thumbs_up", "model": "gpt-4o"}),
-    )
-    .await;
-    let only_completion = create_ok(&app, "completions", json!({"id": "chatcmpl-1"})).await;
-    let response = create_ok(
-        &app,
-        "responses",
-        json!({"id": "same-id", "rating": "thumbs_down", "description": "a response"}),
-    )
-    .await;
-    let only_response = create_ok(&app, "responses", json!({"id": "resp-1"})).await;
+    let completion = app
+        .create_ok(
+            "completions",
+            json!({"id": "same-id", "rating": "thumbs_up", "model": "gpt-4o"}),
+        )
+        .await;
+    let only_completion = app
+        .create_ok("completions", json!({"id": "chatcmpl-1"}))
+        .await;
+    let response = app
+        .create_ok(
+            "responses",
+            json!({"id": "same-id", "rating": "thumbs_down", "description": "a response"}),
+        )
+        .await;
+    let only_response = app.create_ok("responses", json!({"id": "resp-1"})).await;
 
     let completions = app.list("completions", "order=asc").await;
     let responses = app.list("responses", "order=asc").await;
@@ -654,7 +646,9 @@ async fn list_shows_each_caller_only_its_tenants_and_end_users_entries(app: Test
     let mut of_tenant_b = Vec::new();
     let mut of_tenant_b_alice = Vec::new();
     for i in 0..3 {
-        let wide = create_ok(&app, "completions", json!({"id": format!("wide-{i}")})).await;
+        let wide = app
+            .create_ok("completions", json!({"id": format!("wide-{i}")}))
+            .await;
         tenant_a.push(wide);
         let reply = alice
             .create(
@@ -723,19 +717,15 @@ async fn list_shows_each_caller_only_its_tenants_and_end_users_entries(app: Test
 }
 
 async fn batch_get_answers_in_input_order_with_not_found_markers_and_repeats(app: TestApp) {
-    let a = create_ok(&app, "completions", json!({"id": "a"})).await;
-    let b = create_ok(
-        &app,
-        "completions",
-        json!({"id": "b", "rating": "thumbs_up", "description": "", "model": "gpt-4o"}),
-    )
-    .await;
-    create_ok(
-        &app,
-        "completions",
-        json!({"id": "c", "rating": "thumbs_up"}),
-    )
-    .await;
+    let a = app.create_ok("completions", json!({"id": "a"})).await;
+    let b = app
+        .create_ok(
+            "completions",
+            json!({"id": "b", "rating": "thumbs_up", "description": "", "model": "gpt-4o"}),
+        )
+        .await;
+    app.create_ok("completions", json!({"id": "c", "rating": "thumbs_up"}))
+        .await;
     let c = app
         .update(
             "completions",
@@ -775,7 +765,7 @@ async fn batch_get_finds_nothing_of_another_tenant_another_end_user_or_the_other
     let other_tenant = app.as_caller(&tenant_b, None);
     let alice = app.as_caller(&app.api_key, Some("alice"));
     let bob = app.as_caller(&app.api_key, Some("bob"));
-    let wide = create_ok(&app, "completions", json!({"id": "wide"})).await;
+    let wide = app.create_ok("completions", json!({"id": "wide"})).await;
     let alices = alice
         .create(
             "completions",
@@ -796,7 +786,9 @@ async fn batch_get_finds_nothing_of_another_tenant_another_end_user_or_the_other
         .create("completions", json!({"id": "wide", "description": "b's"}))
         .await;
     assert_eq!(foreign_wide.status, 201, "{}", foreign_wide.text);
-    let response = create_ok(&app, "responses", json!({"id": "a-response"})).await;
+    let response = app
+        .create_ok("responses", json!({"id": "a-response"}))
+        .await;
     let ids = json!({"ids": ["wide", "alices", "bobs", "foreign", "a-response"]});
 
     let as_tenant = app.batch_get("completions", ids.clone()).await;
@@ -864,7 +856,7 @@ async fn batch_get_of_1_and_of_100_ids_is_answered(app: TestApp) {
 }
 
 async fn batch_get_bodies_that_break_the_rules_are_400(app: TestApp) {
-    create_ok(&app, "completions", json!({"id": "a"})).await;
+    app.create_ok("completions", json!({"id": "a"})).await;
     let hundred_and_one: Vec<String> = (0..101).map(|i| format!("id-{i}")).collect();
     let bodies = [
         json!({"ids": []}),
@@ -907,7 +899,7 @@ async fn batch_get_bodies_that_break_the_rules_are_400(app: TestApp) {
 }
 
 async fn batch_get_without_a_json_content_type_is_415(app: TestApp) {
-    let created = create_ok(&app, "completions", json!({"id": "a"})).await;
+    let created = app.create_ok("completions", json!({"id": "a"})).await;
     let path = "/api/v1/llm/feedback/completions/batch";
     let body = r#"{"ids": ["a"]}"#;
 
@@ -957,13 +949,10 @@ async fn batch_get_without_a_json_content_type_is_415(app: TestApp) {
 }
 
 async fn post_on_batch_is_batch_get_while_get_and_put_address_the_entry_named_batch(app: TestApp) {
-    let created = create_ok(
-        &app,
-        "completions",
-        json!({"id": "batch", "rating": "thumbs_up"}),
-    )
-    .await;
-    let other = create_ok(&app, "completions", json!({"id": "other"})).await;
+    let created = app
+        .create_ok("completions", json!({"id": "batch", "rating": "thumbs_up"}))
+        .await;
+    let other = app.create_ok("completions", json!({"id": "other"})).await;
     let path = "/api/v1/llm/feedback/completions/batch";
 
     let got = app.send(app.request(Method::GET, path)).await;
