@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
+use sqlx::query::QueryAs;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::pool::{Pool, PoolConfig};
@@ -151,6 +154,19 @@ fn into_feedback(row: Option<FeedbackRow>) -> StoreResult<Option<Feedback>> {
     row.map(Feedback::try_from).transpose()
 }
 
+impl SqliteStore {
+    /// Runs a write that returns at most one entry on the writer, stepped to
+    /// completion (`fetch_all`, not `fetch_optional`: see the module
+    /// documentation).
+    async fn write_one<'q>(
+        &self,
+        write: QueryAs<'q, Sqlite, FeedbackRow, SqliteArguments<'q>>,
+    ) -> StoreResult<Option<Feedback>> {
+        let mut rows = run!(self.writer, |conn| write.fetch_all(conn))?;
+        into_feedback(rows.pop())
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_feedback(
@@ -166,18 +182,18 @@ impl Store for SqliteStore {
              returning ",
             feedback_columns!()
         );
-        // `fetch_all`, not `fetch_optional`: see the module documentation.
-        let mut row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
-            .bind(scope.tenant.as_str())
-            .bind(new.key.kind.as_str())
-            .bind(new.key.id.as_str())
-            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .bind(new.rating.map(Rating::as_str))
-            .bind(new.description.as_ref().map(Description::as_str))
-            .bind(new.model.as_ref().map(ModelName::as_str))
-            .bind(now_millis())
-            .fetch_all(conn))?;
-        into_feedback(row.pop())
+        self.write_one(
+            sqlx::query_as(SQL)
+                .bind(scope.tenant.as_str())
+                .bind(new.key.kind.as_str())
+                .bind(new.key.id.as_str())
+                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+                .bind(new.rating.map(Rating::as_str))
+                .bind(new.description.as_ref().map(Description::as_str))
+                .bind(new.model.as_ref().map(ModelName::as_str))
+                .bind(now_millis()),
+        )
+        .await
     }
 
     async fn update_feedback(
@@ -197,19 +213,19 @@ impl Store for SqliteStore {
             feedback_columns!()
         );
         let params = ChangeParams::from(changes);
-        // `fetch_all`, not `fetch_optional`: see the module documentation.
-        let mut row = run!(self.writer, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
-            .bind(scope.tenant.as_str())
-            .bind(key.kind.as_str())
-            .bind(key.id.as_str())
-            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .bind(params.set_rating)
-            .bind(params.rating)
-            .bind(params.set_description)
-            .bind(params.description)
-            .bind(now_millis())
-            .fetch_all(conn))?;
-        into_feedback(row.pop())
+        self.write_one(
+            sqlx::query_as(SQL)
+                .bind(scope.tenant.as_str())
+                .bind(key.kind.as_str())
+                .bind(key.id.as_str())
+                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+                .bind(params.set_rating)
+                .bind(params.rating)
+                .bind(params.set_description)
+                .bind(params.description)
+                .bind(now_millis()),
+        )
+        .await
     }
 
     async fn find_feedback(
