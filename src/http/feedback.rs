@@ -109,9 +109,10 @@ impl TryFrom<UpdateFeedbackBody> for FeedbackChanges {
     }
 }
 
-/// A feedback entry: unset fields omitted, camelCase millisecond timestamps.
+/// A feedback entry: unset fields omitted, millisecond timestamps under both
+/// spellings (API.md, "Resources"): camelCase as MKA1's documentation shows
+/// them, snake_case as MKA1's SDK reads them since 0.12.22.
 #[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
 #[schema(as = Feedback)]
 pub(crate) struct FeedbackResponse {
     /// The rated output's id.
@@ -129,10 +130,19 @@ pub(crate) struct FeedbackResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     model: Option<String>,
-    /// RFC 3339, UTC, milliseconds; never changes.
+    /// RFC 3339, UTC, milliseconds; never changes. Always equal to `created_at`.
+    #[serde(rename = "createdAt")]
+    #[schema(format = DateTime, example = "2024-01-15T10:30:00.000Z")]
+    created_at_camel: String,
+    /// RFC 3339, UTC, milliseconds; set on creation and every update. Always
+    /// equal to `updated_at`.
+    #[serde(rename = "updatedAt")]
+    #[schema(format = DateTime, example = "2024-01-16T10:30:00.000Z")]
+    updated_at_camel: String,
+    /// Always equal to `createdAt` (the spelling MKA1's SDK reads since 0.12.22).
     #[schema(format = DateTime, example = "2024-01-15T10:30:00.000Z")]
     created_at: String,
-    /// RFC 3339, UTC, milliseconds; set on creation and every update.
+    /// Always equal to `updatedAt` (the spelling MKA1's SDK reads since 0.12.22).
     #[schema(format = DateTime, example = "2024-01-16T10:30:00.000Z")]
     updated_at: String,
 }
@@ -145,13 +155,18 @@ pub fn format_timestamp(at: DateTime<Utc>) -> String {
 
 impl From<Feedback> for FeedbackResponse {
     fn from(entry: Feedback) -> Self {
+        // Formatted once: the two spellings cannot differ.
+        let created_at = format_timestamp(entry.created_at);
+        let updated_at = format_timestamp(entry.updated_at);
         Self {
             id: entry.id.into_inner(),
             rating: entry.rating.map(Rating::as_str),
             description: entry.description.map(Description::into_inner),
             model: entry.model.map(ModelName::into_inner),
-            created_at: format_timestamp(entry.created_at),
-            updated_at: format_timestamp(entry.updated_at),
+            created_at_camel: created_at.clone(),
+            updated_at_camel: updated_at.clone(),
+            created_at,
+            updated_at,
         }
     }
 }

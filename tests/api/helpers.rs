@@ -520,6 +520,49 @@ pub(crate) fn sorted_keys(body: &Value) -> Vec<&str> {
     keys
 }
 
+/// An entry's timestamp keys: each timestamp under both spellings, camelCase
+/// (MKA1's documentation) and snake_case (MKA1's SDK since 0.12.22).
+pub(crate) const ENTRY_TIMESTAMPS: [&str; 4] =
+    ["createdAt", "created_at", "updatedAt", "updated_at"];
+
+/// Asserts that an entry carries all four timestamp keys as UTC millisecond
+/// strings and that the two spellings of each are the same string (API.md,
+/// "Resources").
+pub(crate) fn assert_entry_timestamps(entry: &Value) {
+    for key in ENTRY_TIMESTAMPS {
+        let text = entry[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("`{key}` is not a string: {entry}"));
+        assert!(is_utc_millisecond_timestamp(text), "{key}: {text}");
+    }
+    assert_eq!(entry["createdAt"], entry["created_at"], "{entry}");
+    assert_eq!(entry["updatedAt"], entry["updated_at"], "{entry}");
+}
+
+/// The keys of an entry other than its timestamps, sorted, after
+/// [`assert_entry_timestamps`].
+pub(crate) fn entry_fields(entry: &Value) -> Vec<&str> {
+    assert_entry_timestamps(entry);
+    sorted_keys(entry)
+        .into_iter()
+        .filter(|key| !ENTRY_TIMESTAMPS.contains(key))
+        .collect()
+}
+
+/// `fields` (an entry without timestamps) with both spellings of both
+/// timestamps set: the entry API.md says the service answers.
+pub(crate) fn with_timestamps(mut fields: Value, created_at: &Value, updated_at: &Value) -> Value {
+    for (key, value) in [
+        ("createdAt", created_at),
+        ("created_at", created_at),
+        ("updatedAt", updated_at),
+        ("updated_at", updated_at),
+    ] {
+        fields[key] = value.clone();
+    }
+    fields
+}
+
 /// `^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$`
 pub(crate) fn is_utc_millisecond_timestamp(text: &str) -> bool {
     text.len() == 24

@@ -5,7 +5,8 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Caller, Reply, TestApp, encode_id, is_utc_millisecond_timestamp, sorted_keys,
+    Caller, Reply, TestApp, assert_entry_timestamps, encode_id, is_utc_millisecond_timestamp,
+    sorted_keys,
 };
 
 both_stores!(
@@ -753,8 +754,7 @@ async fn batch_get_answers_in_input_order_with_not_found_markers_and_repeats(app
     for (index, id) in [(0, "c"), (2, "a"), (4, "b")] {
         let got = app.get("completions", id).await;
         assert_eq!(reply.body["results"][index], got.body, "{id}");
-        assert!(reply.body["results"][index].get("createdAt").is_some());
-        assert!(reply.body["results"][index].get("created_at").is_none());
+        assert_entry_timestamps(&reply.body["results"][index]);
     }
 }
 

@@ -44,4 +44,5 @@ mod pool;
 mod scale_out;
 mod scoping;
 mod shutdown;
+mod timestamps;
 mod update;
