@@ -1,23 +1,60 @@
 #!/usr/bin/env bash
-# Drives the live service with MKA1's published Python SDK (meetkai-mka1,
-# pinned) through every feedback operation it has, for both kinds: the
-# contract says a client written against MKA1's documentation must work
-# unchanged. Installs the SDK into target/sdk-venv on first use; runs the
-# debug binary (built if missing) on the embedded SQLite store in a temp dir.
+# Drives the live service with MKA1's published Python SDK (meetkai-mka1)
+# through every feedback operation it has, for both kinds, once with each
+# pinned release: the contract says a client written against MKA1's
+# documentation must work unchanged, with 0.12.0 (camelCase timestamps) and
+# with the latest release (snake_case timestamps). Each release is installed
+# from PyPI into its own venv, target/sdk-venv-VERSION, on first use; each
+# runs against a fresh debug binary (built if missing) on the embedded SQLite
+# store in a temp dir. Runs every version, then exits non-zero if any failed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-SDK_VERSION=0.12.0
-VENV="$ROOT/target/sdk-venv"
-if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/pip" show meetkai-mka1 2>/dev/null | grep -q "^Version: $SDK_VERSION$"; then
-    echo "sdk_check.sh: installing meetkai-mka1 $SDK_VERSION into $VENV" >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "meetkai-mka1==$SDK_VERSION"
+SDK_VERSIONS=(0.12.0 0.12.128)
+
+# Installs meetkai-mka1 VERSION into its venv unless it is already there.
+install_sdk() {
+    local version=$1 venv="$ROOT/target/sdk-venv-$1"
+    if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c \
+        'import sys; from importlib.metadata import version; sys.exit(version("meetkai-mka1") != sys.argv[1])' \
+        "$version" 2>/dev/null; then
+        return
+    fi
+    echo "sdk_check.sh: installing meetkai-mka1 $version into $venv" >&2
+    python3 -m venv --clear "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "meetkai-mka1==$version"
+}
+
+# Runs the checks with meetkai-mka1 VERSION against a server of its own.
+check_sdk() {
+    local version=$1
+    install_sdk "$version"
+    # shellcheck source=scripts/lib/live_server.sh
+    source "$ROOT/scripts/lib/live_server.sh"
+    LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" \
+        "$ROOT/target/sdk-venv-$version/bin/python" "$ROOT/tests/sdk/mka1_sdk_check.py"
+}
+
+failed=()
+for version in "${SDK_VERSIONS[@]}"; do
+    echo "sdk_check.sh: checking meetkai-mka1 $version"
+    # A subshell per version: its own server (live_server.sh stops it on the
+    # subshell's exit) and `set -e` in force inside, whatever the outcome.
+    set +e
+    (set -e; check_sdk "$version")
+    status=$?
+    set -e
+    if [[ $status -eq 0 ]]; then
+        echo "sdk_check.sh: meetkai-mka1 $version passed"
+    else
+        echo "sdk_check.sh: meetkai-mka1 $version FAILED (exit $status)" >&2
+        failed+=("$version")
+    fi
+done
+
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "sdk_check.sh: failed with meetkai-mka1 ${failed[*]}" >&2
+    exit 1
 fi
-
-# shellcheck source=scripts/lib/live_server.sh
-source "$ROOT/scripts/lib/live_server.sh"
-
-LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" \
-    "$VENV/bin/python" "$ROOT/tests/sdk/mka1_sdk_check.py"
+echo "sdk_check.sh: passed with meetkai-mka1 ${SDK_VERSIONS[*]}"

@@ -1,18 +1,33 @@
-"""MKA1's published Python SDK (meetkai-mka1 0.12.0) against the live service.
+"""MKA1's published Python SDK (meetkai-mka1) against the live service.
 
 API.md: "a client written against the MKA1 documentation must work against
-this service unchanged". This drives every feedback operation that SDK has
-for both kinds through the SDK itself and checks what it parses. Run by
-scripts/sdk_check.sh with the service's URL and a key in LLM_FEEDBACK_URL and
-LLM_FEEDBACK_KEY.
+this service unchanged", with both 0.12.0 and the latest release. This drives
+every feedback operation the installed SDK has for both kinds through the SDK
+itself and checks what it parses, including that every entry it parses
+(create, update, get, batch, list items) has real timestamps equal to the ones
+the raw API returns for the same entry, fetched with plain HTTP.
+
+Both releases name the model attributes `created_at`/`updated_at`; 0.12.0
+reads them from the wire keys `createdAt`/`updatedAt` (a pydantic alias),
+releases since 0.12.22 from `created_at`/`updated_at`. The wire key is taken
+from the installed models, not assumed.
+
+Run by scripts/sdk_check.sh, once per SDK version, with the service's URL and
+a key in LLM_FEEDBACK_URL and LLM_FEEDBACK_KEY.
 """
 
+import json
 import os
 import sys
+import urllib.parse
+import urllib.request
 import uuid
+from datetime import datetime
+from importlib.metadata import version
 
 from mka1 import SDK
 from mka1 import errors
+from mka1 import models
 
 URL = os.environ["LLM_FEEDBACK_URL"]
 KEY = os.environ["LLM_FEEDBACK_KEY"]
@@ -34,6 +49,62 @@ def field(obj, *names):
     raise AttributeError(f"{type(obj).__name__} has none of {names}")
 
 
+def raw_get(path):
+    """The JSON the API answers to `GET /api/v1/llm/feedback/{path}`, with plain HTTP."""
+    request = urllib.request.Request(
+        f"{URL}/api/v1/llm/feedback/{path}",
+        headers={"Authorization": f"Bearer {KEY}", "Accept": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def raw_entry(kind, entry_id):
+    """The entry as the API answers `GET /{kind}/{id}`."""
+    return raw_get(f"{kind}/{urllib.parse.quote(entry_id, safe='')}")
+
+
+def wire_timestamp(text):
+    """An RFC 3339 timestamp with a `Z` as an aware datetime (Python < 3.11 too)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def timestamp_fields(model_class):
+    """`(attribute, wire key)` of the created and updated timestamps of an SDK model class."""
+    found = []
+    for names in (("created_at", "createdAt"), ("updated_at", "updatedAt")):
+        attribute = next((n for n in names if n in model_class.model_fields), None)
+        if attribute is None:
+            raise AttributeError(f"{model_class.__name__} has none of {names}")
+        found.append((attribute, model_class.model_fields[attribute].alias or attribute))
+    return found
+
+
+def check_timestamps(parsed, raw, what):
+    """The SDK parsed real timestamps, equal to the raw API's for the same entry."""
+    try:
+        fields = timestamp_fields(type(parsed))
+    except AttributeError as err:
+        check(False, f"{what}: {err}")
+        return
+    for attribute, wire_key in fields:
+        value = getattr(parsed, attribute)
+        if value is None:
+            check(False, f"{what}: SDK parsed {attribute} (wire key {wire_key}) as None; raw entry {raw}")
+            continue
+        if wire_key not in raw:
+            check(False, f"{what}: the raw entry has no {wire_key}: {raw}")
+            continue
+        expected = wire_timestamp(raw[wire_key])
+        check(
+            isinstance(value, datetime) and value.tzinfo is not None and value == expected,
+            f"{what}: {attribute} {value} is {raw[wire_key]} (from {wire_key})",
+        )
+
+
+SDK_VERSION = version("meetkai-mka1")
+print(f"meetkai-mka1 {SDK_VERSION}: entry timestamps read from "
+      + ", ".join(key for _, key in timestamp_fields(models.GetFeedbackResponse)))
 sdk = SDK(bearer_auth=KEY, server_url=URL)
 feedback = sdk.llm.feedback
 
@@ -49,6 +120,7 @@ for kind in ("completions", "responses"):
     created = create(id=first, rating="thumbs_up", description="Very helpful response!")
     check(field(created, "id") == first, f"{kind}: create returns the entry")
     check(str(field(created, "rating")).endswith("thumbs_up"), f"{kind}: create returns the rating")
+    check_timestamps(created, raw_entry(kind, first), f"{kind}: create")
     create(id=second, x_on_behalf_of="sdk-user")
 
     try:
@@ -60,14 +132,20 @@ for kind in ("completions", "responses"):
     updated = update(id=first, rating="thumbs_down", description="Could be more detailed.")
     check(str(field(updated, "rating")).endswith("thumbs_down"), f"{kind}: update replaces the rating")
     check(field(updated, "description") == "Could be more detailed.", f"{kind}: update replaces the description")
+    after_update = raw_entry(kind, first)
+    check_timestamps(updated, after_update, f"{kind}: update")
 
     got = get(id=first)
     check(field(got, "id") == first and field(got, "description") == "Could be more detailed.", f"{kind}: get returns the updated entry")
+    check_timestamps(got, after_update, f"{kind}: get")
 
     page = list_(limit=10)
+    raw_items = {item["id"]: item for item in raw_get(f"{kind}?limit=10")["data"]}
     ids = [field(item, "id") for item in field(page, "data")]
     check(first in ids and second in ids, f"{kind}: list returns both entries")
     check(field(page, "has_more") is False, f"{kind}: list says there is no more")
+    for item in field(page, "data"):
+        check_timestamps(item, raw_items.get(field(item, "id"), {}), f"{kind}: list item {field(item, 'id')}")
     as_user = list_(limit=10, x_on_behalf_of="sdk-user")
     check([field(item, "id") for item in field(as_user, "data")] == [second], f"{kind}: list on behalf of an end user sees only theirs")
 
@@ -75,6 +153,8 @@ for kind in ("completions", "responses"):
     check(len(results) == 3, f"{kind}: batch get answers every id")
     check(field(results[0], "id") == first and field(results[2], "id") == first, f"{kind}: batch get keeps the order and repeats")
     check(str(getattr(results[1], "error", "")).endswith("not_found"), f"{kind}: batch get marks a missing id not_found")
+    for index in (0, 2):
+        check_timestamps(results[index], after_update, f"{kind}: batch get result {index}")
 
     try:
         get(id="sdk-missing")
@@ -83,6 +163,6 @@ for kind in ("completions", "responses"):
         check("Status 404" in str(err), f"{kind}: get of a missing id is 404")
 
 if failures:
-    print(f"{len(failures)} SDK checks failed", file=sys.stderr)
+    print(f"meetkai-mka1 {SDK_VERSION}: {len(failures)} SDK checks failed", file=sys.stderr)
     sys.exit(1)
-print("every SDK check passed")
+print(f"meetkai-mka1 {SDK_VERSION}: every SDK check passed")
