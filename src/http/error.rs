@@ -139,7 +139,7 @@ pub struct ErrorCause(pub String);
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(as = Error)]
+#[schema(as = ErrorResponse)]
 pub(crate) struct ErrorEnvelope {
     error: ErrorBody,
 }
@@ -147,7 +147,12 @@ pub(crate) struct ErrorEnvelope {
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
-    /// Machine-readable: one per status (see the table in API.md).
+    /// Machine-readable. An open set: later versions may add codes, so
+    /// treat an unknown one by its HTTP status. Current codes:
+    /// `invalid_request` (400), `unauthorized` (401), `not_found` (404),
+    /// `method_not_allowed` (405), `conflict` (409), `payload_too_large`
+    /// (413), `unsupported_media_type` (415), `rate_limited` (429),
+    /// `internal` (500), `unavailable` (503).
     #[schema(example = "invalid_request")]
     code: &'static str,
     /// For humans; never internal detail.

@@ -12,7 +12,7 @@ use futures_util::stream;
 use super::extract::{KindParam, QueryParams};
 use super::feedback::format_timestamp;
 use super::list::parse_order_and_rating;
-use super::openapi::{ExportParams, KindPath, OnBehalfOf};
+use super::openapi::{ExportParams, ExportTruncatedSchema, KindPath, OnBehalfOf};
 use super::{AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{Feedback, FeedbackFilter, PageRequest, Scope, SortOrder};
@@ -47,7 +47,7 @@ const CSV_HEADER: [&str; 7] = [
         content_type = "text/csv",
         body = String,
         headers(
-            ("X-Export-Truncated" = String, description = "`true` when the row cap cut rows off; absent otherwise"),
+            ("X-Export-Truncated" = inline(ExportTruncatedSchema), description = "`true` when the row cap cut rows off; absent otherwise"),
             ("Content-Disposition" = String, description = "attachment; filename=\"feedback-KIND-YYYY-MM-DD.csv\"")
         )
     ))

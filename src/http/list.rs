@@ -4,10 +4,11 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::Object;
 
 use super::extract::{ApiJson, KindParam, QueryParams};
 use super::feedback::{FeedbackResponse, format_timestamp};
-use super::openapi::{KindPath, ListParams, OnBehalfOf, OutputIdSchema, RatingSchema};
+use super::openapi::{KindPath, ListParams, OnBehalfOf, OutputIdSchema, RatingSchema, constant};
 use super::{AppError, AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{
@@ -130,7 +131,7 @@ impl From<Feedback> for ListItem {
 #[schema(as = FeedbackList)]
 pub(crate) struct ListResponse {
     /// Always `list`.
-    #[schema(example = "list")]
+    #[schema(schema_with = list_object_constant)]
     object: &'static str,
     /// The page, in the requested order.
     data: Vec<ListItem>,
@@ -247,16 +248,28 @@ impl BatchGetBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum BatchResult {
-    /// The entry.
+    // The entry.
     Found(FeedbackResponse),
-    /// No entry visible to the caller has that id.
-    Missing {
-        /// The id asked for.
-        id: String,
-        /// Always `not_found`.
-        #[schema(example = "not_found")]
-        error: &'static str,
-    },
+    // No entry visible to the caller has that id.
+    Missing(BatchNotFound),
+}
+
+/// The answer for an id that names no entry visible to the caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchNotFound {
+    /// The id asked for.
+    id: String,
+    /// Always `not_found`.
+    #[schema(schema_with = not_found_constant)]
+    error: &'static str,
+}
+
+fn not_found_constant() -> Object {
+    constant("not_found", "Always `not_found`.")
+}
+
+fn list_object_constant() -> Object {
+    constant("list", "Always `list`.")
 }
 
 /// Body of the batch get answer.
@@ -303,10 +316,10 @@ fn answer_in_order(kind: OutputKind, ids: &[OutputId], found: &[Feedback]) -> Ve
     ids.iter()
         .map(|id| match by_id.get(id.as_str()) {
             Some(entry) => BatchResult::Found((*entry).clone().into()),
-            None => BatchResult::Missing {
+            None => BatchResult::Missing(BatchNotFound {
                 id: id.as_str().to_owned(),
                 error: "not_found",
-            },
+            }),
         })
         .collect()
 }

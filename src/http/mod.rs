@@ -94,16 +94,15 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::openapi_json))
 }
 
-/// The OpenAPI document of every route.
+/// The OpenAPI document of every route, as served.
 #[must_use]
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
+pub fn openapi_document() -> serde_json::Value {
     routes_and_document().1
 }
 
-fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (service_routes, mut document) = routes().split_for_parts();
-    openapi::finish(&mut document);
-    (service_routes, document)
+fn routes_and_document() -> (Router<AppState>, serde_json::Value) {
+    let (service_routes, document) = routes().split_for_parts();
+    (service_routes, openapi::finish(document))
 }
 
 /// The whole service: every route, with its layers.
@@ -114,9 +113,7 @@ pub fn router(
     settings: &HttpSettings,
 ) -> Router {
     let (service_routes, document) = routes_and_document();
-    let openapi_json = document
-        .to_json()
-        .unwrap_or_else(|err| format!(r#"{{"error":"cannot serialize the document: {err}"}}"#));
+    let openapi_json = document.to_string();
     let state = AppState(Arc::new(AppServices {
         authenticator: Authenticator::new(Arc::clone(&store)),
         store,

@@ -3,14 +3,17 @@
 //! The router is built from the same annotated handlers (utoipa-axum's
 //! `routes!`), so a route cannot be served without being documented. What
 //! every operation shares (the bearer scheme, the error responses) is added
-//! here once, by `CommonResponses`.
+//! here once, by `CommonResponses`; `finish` then puts the document in the
+//! shape that client generators need, for every operation (see
+//! `tidy_for_generators`).
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde_json::Value;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
@@ -23,8 +26,12 @@ use super::error::ErrorEnvelope;
     info(
         title = "llm-feedback",
         description = "Records what end users think of LLM outputs: a thumbs up or down and an optional comment on a chat completion or an agent response. Follows the MKA1 feedback API.",
-        license(name = "MIT OR Apache-2.0")
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0")
     ),
+    servers((url = "/", description = "The service that serves this document")),
+    // Every operation needs the key unless it says otherwise; operational
+    // routes say `security: []` (`CommonResponses`).
+    security(("bearer" = [])),
     components(schemas(
         ErrorEnvelope,
         RatingSchema,
@@ -123,13 +130,51 @@ impl ToSchema for ModelNameSchema {
     }
 }
 
+/// A string schema that allows one value. It is written as a one-value
+/// `enum`, which `finish` turns into a `const` (utoipa's model has no
+/// `const`).
+pub(crate) fn constant(value: &str, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([value]))
+        .description(Some(description))
+        .build()
+}
+
+/// The `X-Export-Truncated` header: only ever `true`.
+pub(crate) struct ExportTruncatedSchema;
+
+impl PartialSchema for ExportTruncatedSchema {
+    fn schema() -> RefOr<Schema> {
+        constant("true", "Sent only when the row cap cut rows off.").into()
+    }
+}
+
+/// `/openapi.json`'s answer: an OpenAPI 3.1 document, any JSON object.
+pub(crate) struct OpenApiDocumentSchema;
+
+impl PartialSchema for OpenApiDocumentSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("An OpenAPI 3.1 document."))
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+impl ToSchema for OpenApiDocumentSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("OpenApiDocument")
+    }
+}
+
 /// Path of collection operations.
 #[derive(IntoParams, Deserialize)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code, reason = "documentation only")]
 pub(crate) struct KindPath {
     /// `completions` or `responses`; anything else is 404.
-    #[param(inline)]
     kind: KindSchema,
 }
 
@@ -139,7 +184,6 @@ pub(crate) struct KindPath {
 #[allow(dead_code, reason = "documentation only")]
 pub(crate) struct EntryPath {
     /// `completions` or `responses`; anything else is 404.
-    #[param(inline)]
     kind: KindSchema,
     /// The output's id, percent-encoded: 1 to 256 characters, no control
     /// characters, no leading or trailing whitespace.
@@ -175,10 +219,8 @@ pub(crate) struct ListParams {
     #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<u32>,
     /// By creation time; default `desc`.
-    #[param(inline)]
     order: Option<OrderSchema>,
     /// Only entries with this rating.
-    #[param(inline)]
     rating: Option<RatingSchema>,
 }
 
@@ -188,20 +230,31 @@ pub(crate) struct ListParams {
 #[allow(dead_code, reason = "documentation only")]
 pub(crate) struct ExportParams {
     /// By creation time; default `desc`.
-    #[param(inline)]
     order: Option<OrderSchema>,
     /// Only entries with this rating.
-    #[param(inline)]
     rating: Option<RatingSchema>,
 }
 
-/// Completes the document once every route is in it.
-pub(crate) fn finish(document: &mut Document) {
-    CommonResponses.modify(document);
+/// Completes the document once every route is in it: the typed model first,
+/// then, as JSON, what the typed model cannot say.
+pub(crate) fn finish(mut document: Document) -> Value {
+    CommonResponses.modify(&mut document);
+    let mut json = match serde_json::to_value(&document) {
+        Ok(json) => json,
+        // Unreachable in practice (the model is plain data); the service
+        // still starts and says what is wrong.
+        Err(err) => {
+            return serde_json::json!({ "error": format!("cannot serialize the document: {err}") });
+        }
+    };
+    tidy_for_generators(&mut json);
+    json
 }
 
 /// Adds the bearer scheme, and to every operation the error responses it can
-/// give (all with the `Error` envelope), so annotations list only successes.
+/// give (all with the `ErrorResponse` envelope), so annotations list only
+/// successes. The document's root `security` asks for the key; operational
+/// routes (outside `/api/`) need none and say so with `security: []`.
 struct CommonResponses;
 
 impl Modify for CommonResponses {
@@ -222,12 +275,98 @@ impl Modify for CommonResponses {
                 ("get", &mut item.get),
                 ("post", &mut item.post),
                 ("put", &mut item.put),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
             ] {
                 if let Some(operation) = operation {
                     add_error_responses(operation, is_api, method, path);
+                    if !is_api {
+                        operation.security = Some(Vec::new());
+                    }
                 }
             }
         }
+    }
+}
+
+/// What client generators (openapi-typescript, openapi-python-client) need
+/// and utoipa's output does not give, applied to every schema and operation
+/// so that routes added later get it too:
+/// - header parameters are never nullable (utoipa makes an `Option` header
+///   `type: [string, null]`; a header is absent or a string);
+/// - a property's description sits on the property, not inside one branch
+///   of its `oneOf` (utoipa puts it on the `$ref` branch of an `Option`);
+/// - a one-value `enum` is a `const` (see `constant`).
+fn tidy_for_generators(document: &mut Value) {
+    if let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for operation in item.values_mut() {
+                let parameters = operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten();
+                for parameter in parameters.filter(|p| p["in"] == "header") {
+                    if let Some(schema) = parameter.get_mut("schema") {
+                        drop_null_type(schema);
+                    }
+                }
+            }
+        }
+    }
+    visit_schemas(document);
+}
+
+/// `type: [T, "null"]` becomes `type: T`.
+fn drop_null_type(schema: &mut Value) {
+    let Some(types) = schema.get_mut("type").and_then(Value::as_array_mut) else {
+        return;
+    };
+    types.retain(|name| name != "null");
+    if let [only] = types.as_slice() {
+        let only = only.clone();
+        schema["type"] = only;
+    }
+}
+
+/// Walks every JSON object of the document: hoists a lone branch
+/// description of a `oneOf`/`anyOf` to the schema holding it, and turns
+/// one-value `enum`s into `const`s.
+fn visit_schemas(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            for combinator in ["oneOf", "anyOf"] {
+                let Some(Value::Array(branches)) = object.get_mut(combinator) else {
+                    continue;
+                };
+                let described: Vec<usize> = branches
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, branch)| branch.get("description").is_some())
+                    .map(|(index, _)| index)
+                    .collect();
+                if let [index] = described.as_slice() {
+                    let description = branches[*index]
+                        .as_object_mut()
+                        .and_then(|branch| branch.remove("description"));
+                    if let Some(description) = description {
+                        object.entry("description").or_insert(description);
+                    }
+                }
+            }
+            if let Some(Value::Array(values)) = object.get("enum") {
+                if let [only] = values.as_slice() {
+                    let only = only.clone();
+                    object.remove("enum");
+                    object.insert("const".to_owned(), only);
+                }
+            }
+            for child in object.values_mut() {
+                visit_schemas(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(visit_schemas),
+        _ => {}
     }
 }
 
@@ -263,10 +402,6 @@ fn add_error_responses(operation: &mut Operation, is_api: bool, method: &str, pa
         if method == "post" && !path.ends_with("/batch") {
             statuses.push(("409", "Feedback for this output already exists"));
         }
-        operation.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
     }
     for (status, description) in statuses {
         operation
@@ -279,7 +414,7 @@ fn add_error_responses(operation: &mut Operation, is_api: bool, method: &str, pa
                         .description(description)
                         .content(
                             "application/json",
-                            Content::new(Some(RefOr::Ref(Ref::from_schema_name("Error")))),
+                            Content::new(Some(RefOr::Ref(Ref::from_schema_name("ErrorResponse")))),
                         )
                         .build(),
                 )

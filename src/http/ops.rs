@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
+use super::openapi::OpenApiDocumentSchema;
 use super::{AppError, AppState, Result};
 use crate::telemetry::{self, DB_POOL_CONNECTIONS, DB_POOL_MAX_CONNECTIONS};
 
@@ -73,7 +74,7 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     path = "/openapi.json",
     tag = "operations",
     summary = "The OpenAPI 3.1 document of every route",
-    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object))
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = inline(OpenApiDocumentSchema)))
 )]
 pub(crate) async fn openapi_json(State(app): State<AppState>) -> impl IntoResponse {
     (

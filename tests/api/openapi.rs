@@ -16,6 +16,12 @@ both_stores!(
     every_documented_operation_is_served,
     methods_the_document_does_not_list_are_405_on_every_documented_path,
     undocumented_paths_are_never_200,
+    shared_enums_are_components_referenced_never_inlined,
+    header_parameters_are_never_nullable_and_each_is_described,
+    every_one_of_branch_is_a_named_component_or_null,
+    constants_are_const,
+    the_error_code_is_an_open_string_that_lists_the_current_codes,
+    the_document_names_its_server_license_and_security,
 );
 
 /// The methods the completeness checks try on every documented path.
@@ -258,7 +264,7 @@ async fn the_schemas_state_the_rules_of_api_md(app: TestApp) {
         "no field of an update is required: {update}"
     );
 
-    let error = resolve(&document, schema(&document, "Error"));
+    let error = resolve(&document, schema(&document, "ErrorResponse"));
     assert!(
         error["required"]
             .as_array()
@@ -312,13 +318,13 @@ async fn error_responses_of_api_operations_use_the_error_schema(app: TestApp) {
         for status in statuses.keys().filter(|status| is_error_status(status)) {
             let schema = response_schema(&document, &operation, status);
             assert_eq!(
-                schema["$ref"], "#/components/schemas/Error",
+                schema["$ref"], "#/components/schemas/ErrorResponse",
                 "{method} {path} {status}: {}",
                 operation["responses"][status]
             );
         }
     }
-    assert!(schema(&document, "Error").is_object());
+    assert!(schema(&document, "ErrorResponse").is_object());
 }
 
 async fn readyz_documents_its_503(app: TestApp) {
@@ -334,7 +340,7 @@ async fn readyz_documents_its_503(app: TestApp) {
     );
     assert_eq!(
         response_schema(&document, readyz, "503")["$ref"],
-        "#/components/schemas/Error"
+        "#/components/schemas/ErrorResponse"
     );
 }
 
@@ -435,4 +441,242 @@ async fn undocumented_paths_are_never_200(app: TestApp) {
             );
         }
     }
+}
+
+/// Every JSON object in `value` with its JSON pointer.
+fn objects<'a>(pointer: &str, value: &'a Value, found: &mut Vec<(String, &'a Value)>) {
+    match value {
+        Value::Object(object) => {
+            found.push((pointer.to_owned(), value));
+            for (key, child) in object {
+                let key = key.replace('~', "~0").replace('/', "~1");
+                objects(&format!("{pointer}/{key}"), child, found);
+            }
+        }
+        Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                objects(&format!("{pointer}/{index}"), child, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every header parameter of every operation, as `(method path, parameter)`.
+fn header_parameters(document: &Value) -> Vec<(String, Value)> {
+    operations(document)
+        .into_iter()
+        .flat_map(|(path, method, operation)| {
+            let parameters = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            parameters
+                .into_iter()
+                .map(|parameter| resolve(document, &parameter).clone())
+                .filter(|parameter| parameter["in"] == "header")
+                .map(move |parameter| (format!("{method} {path}"), parameter))
+        })
+        .collect()
+}
+
+async fn shared_enums_are_components_referenced_never_inlined(app: TestApp) {
+    let document = document(&app).await;
+
+    // An inlined enum becomes one generated type per place it appears.
+    let mut found = Vec::new();
+    objects("", &document, &mut found);
+    for (pointer, object) in &found {
+        if object.get("enum").is_some() {
+            let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+            assert!(
+                matches!(segments.as_slice(), ["components", "schemas", _]),
+                "an enum inlined at {pointer}: {object}"
+            );
+        }
+    }
+    for (name, values) in [
+        ("Kind", json!(["completions", "responses"])),
+        ("Order", json!(["asc", "desc"])),
+        ("Rating", json!(["thumbs_up", "thumbs_down"])),
+    ] {
+        assert_eq!(schema(&document, name)["enum"], values, "{name}");
+    }
+    let mut kinds = 0;
+    for (path, method, operation) in operations(&document) {
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            let parameter = resolve(&document, parameter);
+            let expected = match parameter["name"].as_str() {
+                Some("kind") => "#/components/schemas/Kind",
+                Some("order") => "#/components/schemas/Order",
+                Some("rating") => "#/components/schemas/Rating",
+                _ => continue,
+            };
+            kinds += usize::from(parameter["name"] == "kind");
+            assert_eq!(
+                parameter["schema"]["$ref"], expected,
+                "{method} {path}: {parameter}"
+            );
+        }
+    }
+    assert!(kinds >= 6, "only {kinds} `kind` parameters");
+}
+
+async fn header_parameters_are_never_nullable_and_each_is_described(app: TestApp) {
+    let document = document(&app).await;
+
+    let headers = header_parameters(&document);
+    assert!(headers.len() >= 6, "{headers:?}");
+    for (operation, header) in headers {
+        // A header is absent or a string; `null` makes generated clients
+        // send the text `None` or crash.
+        assert!(
+            !accepts_null(&document, &header["schema"]),
+            "{operation}: header {} is nullable: {header}",
+            header["name"]
+        );
+        assert_eq!(
+            resolve(&document, &header["schema"])["type"],
+            "string",
+            "{operation}: {header}"
+        );
+        assert!(
+            header["description"]
+                .as_str()
+                .is_some_and(|text| !text.trim().is_empty()),
+            "{operation}: header {} has no description",
+            header["name"]
+        );
+    }
+}
+
+async fn every_one_of_branch_is_a_named_component_or_null(app: TestApp) {
+    let document = document(&app).await;
+
+    let mut found = Vec::new();
+    objects("", &document, &mut found);
+    let mut combinators = 0;
+    for (pointer, object) in &found {
+        for combinator in ["oneOf", "anyOf"] {
+            let Some(branches) = object.get(combinator).and_then(Value::as_array) else {
+                continue;
+            };
+            combinators += 1;
+            for branch in branches {
+                // Anything else becomes `...Type1` in generated clients.
+                let is_named = branch["$ref"].is_string();
+                let is_null = branch == &json!({"type": "null"});
+                assert!(
+                    is_named || is_null,
+                    "{pointer}: a {combinator} branch that is neither a component nor null: {branch}"
+                );
+                // Generators show the property's description, not a branch's.
+                assert!(
+                    branch.get("description").is_none(),
+                    "{pointer}: a description inside a {combinator} branch: {branch}"
+                );
+            }
+        }
+    }
+    assert!(combinators >= 3, "only {combinators} oneOf/anyOf found");
+
+    let results = schema(&document, "BatchResult");
+    assert_eq!(
+        results["oneOf"],
+        json!([
+            {"$ref": "#/components/schemas/Feedback"},
+            {"$ref": "#/components/schemas/BatchNotFound"}
+        ]),
+        "{results}"
+    );
+    let update = schema(&document, "UpdateFeedback");
+    for field in ["rating", "description"] {
+        let description = update["properties"][field]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.contains("Absent") && description.contains("`null`"),
+            "UpdateFeedback.{field} does not explain absent/null/value: {update}"
+        );
+    }
+}
+
+async fn constants_are_const(app: TestApp) {
+    let document = document(&app).await;
+
+    let not_found = schema(&document, "BatchNotFound");
+    assert_eq!(
+        not_found["properties"]["error"]["const"], "not_found",
+        "{not_found}"
+    );
+    assert_eq!(not_found["required"], json!(["id", "error"]), "{not_found}");
+    let list = schema(&document, "FeedbackList");
+    assert_eq!(list["properties"]["object"]["const"], "list", "{list}");
+    let export = &document["paths"]["/api/v1/llm/feedback/export/{kind}"]["get"];
+    let truncated = &export["responses"]["200"]["headers"]["X-Export-Truncated"];
+    assert_eq!(truncated["schema"]["const"], "true", "{truncated}");
+}
+
+async fn the_error_code_is_an_open_string_that_lists_the_current_codes(app: TestApp) {
+    let document = document(&app).await;
+
+    assert!(
+        document["components"]["schemas"].get("Error").is_none(),
+        "a schema named `Error` collides with its `error` property in generated clients"
+    );
+    let error = schema(&document, "ErrorResponse");
+    let body = resolve(&document, &error["properties"]["error"]);
+    let code = resolve(&document, &body["properties"]["code"]);
+    // A closed enum would break clients generated today when a code is added.
+    assert_eq!(code["type"], "string", "{code}");
+    assert!(
+        code.get("enum").is_none() && code.get("const").is_none(),
+        "{code}"
+    );
+    let description = code["description"].as_str().unwrap_or_default();
+    for listed in [
+        "invalid_request",
+        "unauthorized",
+        "not_found",
+        "method_not_allowed",
+        "conflict",
+        "payload_too_large",
+        "unsupported_media_type",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ] {
+        assert!(
+            description.contains(&format!("`{listed}`")),
+            "`{listed}` is not listed: {description}"
+        );
+    }
+}
+
+async fn the_document_names_its_server_license_and_security(app: TestApp) {
+    let document = document(&app).await;
+
+    assert_eq!(
+        document["servers"][0]["url"], "/",
+        "{}",
+        document["servers"]
+    );
+    assert!(
+        document["info"]["license"]["identifier"].is_string(),
+        "{}",
+        document["info"]
+    );
+    assert_eq!(document["security"], json!([{"bearer": []}]));
+    for (path, method, operation) in operations(&document) {
+        if !path.starts_with("/api/") {
+            assert_eq!(
+                operation["security"],
+                json!([]),
+                "{method} {path} must say that it needs no key"
+            );
+        }
+    }
+    let own = response_schema(&document, &document["paths"]["/openapi.json"]["get"], "200");
+    assert_eq!(own["type"], "object", "{own}");
+    assert_eq!(own["additionalProperties"], true, "{own}");
 }
