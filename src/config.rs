@@ -392,6 +392,131 @@ mod tests {
     }
 
     #[test]
+    fn a_password_query_parameter_is_hidden_like_the_user_info_one() {
+        let url = DatabaseUrl::parse("postgres://app@db/feedback?sslmode=require&password=hunter2")
+            .unwrap();
+        assert_eq!(
+            url.redacted(),
+            "postgres://app@db/feedback?sslmode=require&password=***"
+        );
+        assert!(!format!("{url:?} {url}").contains("hunter2"));
+        // The driver decodes keys: so does the mask.
+        let encoded = DatabaseUrl::parse("postgres://db/x?pass%77ord=hunter2").unwrap();
+        assert!(!encoded.redacted().contains("hunter2"), "{encoded}");
+        let plain = DatabaseUrl::parse("postgres://app@db/feedback?sslmode=require").unwrap();
+        assert_eq!(
+            plain.redacted(),
+            "postgres://app@db/feedback?sslmode=require"
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_origins_as_browsers_send_them() {
+        assert_eq!(CorsOrigin::parse("*"), Ok(CorsOrigin::Any));
+        for good in [
+            "https://app.example.com",
+            "http://localhost:3000",
+            " https://app.example.com ",
+        ] {
+            assert_eq!(
+                CorsOrigin::parse(good),
+                Ok(CorsOrigin::Exact(good.trim().to_owned())),
+                "{good}"
+            );
+        }
+        for (bad, hint) in [
+            ("https://app.example.com/", Some("https://app.example.com")),
+            (
+                "https://app.example.com/path",
+                Some("https://app.example.com"),
+            ),
+            ("https://App.example.com", Some("https://app.example.com")),
+            (
+                "https://app.example.com:443",
+                Some("https://app.example.com"),
+            ),
+            ("app.example.com", None),
+            ("", None),
+            ("null", None),
+            ("ftp://files.example.com", None),
+        ] {
+            let err = CorsOrigin::parse(bad).expect_err(bad);
+            if let Some(hint) = hint {
+                assert!(
+                    err.contains(&format!("did you mean {hint}?")),
+                    "{bad}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cors_allowed_origins_parse_as_a_comma_separated_list_and_reject_a_bad_entry() {
+        let parsed = Cli::try_parse_from([
+            "llm-feedback",
+            "--cors-allowed-origins",
+            "https://a.example,*",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed.serve.cors_allowed_origins,
+            [
+                CorsOrigin::Exact("https://a.example".to_owned()),
+                CorsOrigin::Any
+            ]
+        );
+        let err = Cli::try_parse_from([
+            "llm-feedback",
+            "--cors-allowed-origins",
+            "https://a.example,https://b.example/",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("'https://b.example/'"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Whatever the password, in the user info or in the query (encoded
+        /// as a client would), the redacted URL does not hold it.
+        #[test]
+        fn no_password_survives_redaction(
+            password in "[ -~]{6,40}",
+            in_query in proptest::bool::ANY,
+            other in "[0-9]{1,4}",
+        ) {
+            let encoded = percent_encoding::utf8_percent_encode(
+                &password,
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string();
+            let raw = if in_query {
+                format!("postgres://app@db:5432/feedback?application_name={other}&password={encoded}")
+            } else {
+                format!("postgres://app:{encoded}@db:5432/feedback?application_name={other}")
+            };
+            let url = DatabaseUrl::parse(&raw).unwrap();
+            let redacted = url.redacted();
+            let parsed = url::Url::parse(&redacted).unwrap();
+            let shown_password = if in_query {
+                parsed
+                    .query_pairs()
+                    .find(|(key, _)| key == "password")
+                    .map(|(_, value)| value.into_owned())
+            } else {
+                parsed.password().map(str::to_owned)
+            };
+            proptest::prop_assert_eq!(shown_password.as_deref(), Some("***"));
+            let shown = format!("{url:?}");
+            proptest::prop_assert!(!shown.contains(&encoded), "{}", shown);
+            // Everything else is kept.
+            proptest::prop_assert_eq!(parsed.host_str(), Some("db"));
+            proptest::prop_assert!(
+                parsed.query_pairs().any(|(key, value)| key == "application_name" && value == other.as_str())
+            );
+        }
+    }
+
+    #[test]
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
