@@ -1,6 +1,6 @@
 //! `Application`: a store, a router and a bound listener, ready to serve.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -107,32 +107,16 @@ impl Application {
             self.serve.export_max_rows,
             &settings,
         );
-        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: draining in-flight requests");
-                let _ = draining_tx.send(());
-            })
-            .into_future();
-        let timeout = self.serve.shutdown_timeout();
-        let drain_deadline = async move {
-            if draining_rx.await.is_ok() {
-                tokio::time::sleep(timeout).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+        let connections = http::ConnectionSettings {
+            header_read_timeout: self.serve.header_read_timeout(),
+            idle_timeout: self.serve.idle_timeout(),
+            max_connections: self.serve.max_connections,
+            shutdown_timeout: self.serve.shutdown_timeout(),
         };
-        let result = tokio::select! {
-            result = server => result,
-            () = drain_deadline => {
-                tracing::warn!(timeout_secs = timeout.as_secs(), "drain timeout reached; closing remaining connections");
-                Ok(())
-            }
-        };
+        http::serve(self.listener, router, &connections, shutdown).await;
         self.store.close().await;
         tracing::info!("stopped");
-        result
+        Ok(())
     }
 }
 

@@ -122,11 +122,23 @@ pub struct ServeArgs {
     #[arg(long, env = "RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_limit_burst: Option<u32>,
     /// Browser origins allowed to call the API (comma-separated), or `*`; unset: CORS off.
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub cors_allowed_origins: Vec<String>,
+    /// Each must be an origin as browsers send it (`https://app.example.com`).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = CorsOrigin::parse)]
+    pub cors_allowed_origins: Vec<CorsOrigin>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
+    /// A connection that has not sent a complete request head within this
+    /// time is closed (the time between keep-alive requests counts too).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection idle (no request in progress) this long is closed.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; beyond it new ones wait in the kernel's
+    /// listen backlog until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 }
 
 impl ServeArgs {
@@ -140,6 +152,51 @@ impl ServeArgs {
     #[must_use]
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// How long a connection may take to send a request head.
+    #[must_use]
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// How long a keep-alive connection may stay idle.
+    #[must_use]
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+/// One entry of `CORS_ALLOWED_ORIGINS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigin {
+    /// `*`: any origin.
+    Any,
+    /// One origin, serialized as browsers send it in `Origin`
+    /// (`scheme://host[:port]`, lower case, no path).
+    Exact(String),
+}
+
+impl CorsOrigin {
+    /// Parses `*` or an origin. A value that no browser would send as its
+    /// `Origin` (a path, a trailing slash, upper case, a default port) is an
+    /// error, not an entry that silently never matches.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let trimmed = raw.trim();
+        if trimmed == "*" {
+            return Ok(Self::Any);
+        }
+        let url = url::Url::parse(trimmed).map_err(|err| format!("not an origin ({err})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("not an origin: the scheme must be http or https".to_owned());
+        }
+        let origin = url.origin().ascii_serialization();
+        if origin != trimmed {
+            return Err(format!(
+                "not an origin as browsers send it; did you mean {origin}?"
+            ));
+        }
+        Ok(Self::Exact(origin))
     }
 }
 
@@ -229,22 +286,44 @@ impl DatabaseUrl {
         }
     }
 
-    /// The URL with any password replaced by `***`, fit for logs and errors.
+    /// The URL with any password (user-info or `?password=`) replaced by
+    /// `***`, fit for logs and errors.
     #[must_use]
     pub fn redacted(&self) -> String {
         match self {
-            Self::Postgres(raw) => match url::Url::parse(raw) {
-                Ok(mut url) => {
-                    if url.password().is_some() {
-                        let _ = url.set_password(Some("***"));
-                    }
-                    url.to_string()
-                }
-                Err(_) => "postgres://<unparsable URL>".to_owned(),
-            },
+            Self::Postgres(raw) => redact_postgres_url(raw),
             Self::Sqlite(path) => format!("sqlite://{}", path.display()),
         }
     }
+}
+
+/// `raw` with the user-info password and every `password` query parameter
+/// (the driver reads both) replaced by `***`.
+fn redact_postgres_url(raw: &str) -> String {
+    const MASK: &str = "***";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "postgres://<unparsable URL>".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASK));
+    }
+    // Keys are compared decoded: `pass%77ord=` is `password=` to the driver.
+    let is_password = |key: &str| key.eq_ignore_ascii_case("password");
+    if url.query_pairs().any(|(key, _)| is_password(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if is_password(&key) {
+                    MASK.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -310,6 +389,131 @@ mod tests {
         );
         assert!(DatabaseUrl::parse("mysql://x").is_err());
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn a_password_query_parameter_is_hidden_like_the_user_info_one() {
+        let url = DatabaseUrl::parse("postgres://app@db/feedback?sslmode=require&password=hunter2")
+            .unwrap();
+        assert_eq!(
+            url.redacted(),
+            "postgres://app@db/feedback?sslmode=require&password=***"
+        );
+        assert!(!format!("{url:?} {url}").contains("hunter2"));
+        // The driver decodes keys: so does the mask.
+        let encoded = DatabaseUrl::parse("postgres://db/x?pass%77ord=hunter2").unwrap();
+        assert!(!encoded.redacted().contains("hunter2"), "{encoded}");
+        let plain = DatabaseUrl::parse("postgres://app@db/feedback?sslmode=require").unwrap();
+        assert_eq!(
+            plain.redacted(),
+            "postgres://app@db/feedback?sslmode=require"
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_origins_as_browsers_send_them() {
+        assert_eq!(CorsOrigin::parse("*"), Ok(CorsOrigin::Any));
+        for good in [
+            "https://app.example.com",
+            "http://localhost:3000",
+            " https://app.example.com ",
+        ] {
+            assert_eq!(
+                CorsOrigin::parse(good),
+                Ok(CorsOrigin::Exact(good.trim().to_owned())),
+                "{good}"
+            );
+        }
+        for (bad, hint) in [
+            ("https://app.example.com/", Some("https://app.example.com")),
+            (
+                "https://app.example.com/path",
+                Some("https://app.example.com"),
+            ),
+            ("https://App.example.com", Some("https://app.example.com")),
+            (
+                "https://app.example.com:443",
+                Some("https://app.example.com"),
+            ),
+            ("app.example.com", None),
+            ("", None),
+            ("null", None),
+            ("ftp://files.example.com", None),
+        ] {
+            let err = CorsOrigin::parse(bad).expect_err(bad);
+            if let Some(hint) = hint {
+                assert!(
+                    err.contains(&format!("did you mean {hint}?")),
+                    "{bad}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cors_allowed_origins_parse_as_a_comma_separated_list_and_reject_a_bad_entry() {
+        let parsed = Cli::try_parse_from([
+            "llm-feedback",
+            "--cors-allowed-origins",
+            "https://a.example,*",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed.serve.cors_allowed_origins,
+            [
+                CorsOrigin::Exact("https://a.example".to_owned()),
+                CorsOrigin::Any
+            ]
+        );
+        let err = Cli::try_parse_from([
+            "llm-feedback",
+            "--cors-allowed-origins",
+            "https://a.example,https://b.example/",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("'https://b.example/'"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Whatever the password, in the user info or in the query (encoded
+        /// as a client would), the redacted URL does not hold it.
+        #[test]
+        fn no_password_survives_redaction(
+            password in "[ -~]{6,40}",
+            in_query in proptest::bool::ANY,
+            other in "[0-9]{1,4}",
+        ) {
+            let encoded = percent_encoding::utf8_percent_encode(
+                &password,
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string();
+            let raw = if in_query {
+                format!("postgres://app@db:5432/feedback?application_name={other}&password={encoded}")
+            } else {
+                format!("postgres://app:{encoded}@db:5432/feedback?application_name={other}")
+            };
+            let url = DatabaseUrl::parse(&raw).unwrap();
+            let redacted = url.redacted();
+            let parsed = url::Url::parse(&redacted).unwrap();
+            let shown_password = if in_query {
+                parsed
+                    .query_pairs()
+                    .find(|(key, _)| key == "password")
+                    .map(|(_, value)| value.into_owned())
+            } else {
+                parsed.password().map(str::to_owned)
+            };
+            proptest::prop_assert_eq!(shown_password.as_deref(), Some("***"));
+            let shown = format!("{url:?}");
+            proptest::prop_assert!(!shown.contains(&encoded), "{}", shown);
+            // Everything else is kept.
+            proptest::prop_assert_eq!(parsed.host_str(), Some("db"));
+            proptest::prop_assert!(
+                parsed.query_pairs().any(|(key, value)| key == "application_name" && value == other.as_str())
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod limits;
 mod list;
 mod openapi;
 mod ops;
+mod serve;
 
 use std::sync::Arc;
 
@@ -28,8 +29,10 @@ pub use error::{AppError, ErrorCause, Result};
 pub use feedback::format_timestamp;
 pub use limits::KeyRateLimiter;
 use limits::Limits;
+pub use serve::{ConnectionSettings, serve};
 
 use crate::auth::{self, Authenticator};
+use crate::config::CorsOrigin;
 use crate::store::Store;
 use crate::telemetry;
 
@@ -71,7 +74,7 @@ pub struct HttpSettings {
     /// Deadline of each request.
     pub request_timeout: std::time::Duration,
     /// Browser origins allowed (`*` for any); empty: CORS off.
-    pub cors_allowed_origins: Vec<String>,
+    pub cors_allowed_origins: Vec<CorsOrigin>,
 }
 
 /// Every route, each with its OpenAPI annotation: what is served is what is
@@ -174,23 +177,19 @@ async fn guard(
 }
 
 /// CORS for browser frontends, when origins are configured.
-fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    let origins: Vec<&str> = origins
-        .iter()
-        .map(|origin| origin.trim())
-        .filter(|origin| !origin.is_empty())
-        .collect();
+fn cors_layer(origins: &[CorsOrigin]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let allow_origin = if origins.contains(&"*") {
+    let allow_origin = if origins.contains(&CorsOrigin::Any) {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
+        // `CorsOrigin::parse` let only ASCII origins through: each is a valid
+        // header value.
+        AllowOrigin::list(origins.iter().filter_map(|origin| match origin {
+            CorsOrigin::Exact(origin) => HeaderValue::from_str(origin).ok(),
+            CorsOrigin::Any => None,
+        }))
     };
     Some(
         CorsLayer::new()

@@ -406,6 +406,65 @@ async fn serve_with_an_unreachable_postgres_fails_naming_the_url_without_its_pas
 }
 
 #[tokio::test]
+async fn serve_with_an_unreachable_postgres_never_shows_a_password_query_parameter() {
+    let secret = "s3cret-in-the-query";
+    let mut command = llm_feedback_on(&format!(
+        "postgres://postgres@127.0.0.1:1/x?sslmode=disable&password={secret}"
+    ));
+    command.args(["serve"]).envs([
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("DATABASE_ACQUIRE_TIMEOUT_MS", "1000"),
+    ]);
+
+    let finished = run(command, PROCESS_TIMEOUT).await;
+
+    assert!(!finished.status.success(), "{finished:?}");
+    let errors = non_log_lines(&finished.stderr);
+    assert_eq!(errors.len(), 1, "stderr: {}", finished.stderr);
+    assert!(
+        errors[0].contains("postgres://postgres@127.0.0.1:1/x?sslmode=disable&password=***"),
+        "{}",
+        errors[0]
+    );
+    assert!(!finished.stderr.contains(secret), "{}", finished.stderr);
+}
+
+#[tokio::test]
+async fn an_invalid_cors_origin_stops_serve_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("feedback.db").display());
+    let mut command = llm_feedback_on(&url);
+    command.args(["serve"]).envs([
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        (
+            "CORS_ALLOWED_ORIGINS",
+            "https://app.example.com,https://admin.example.com/",
+        ),
+    ]);
+
+    let finished = run(command, PROCESS_TIMEOUT).await;
+
+    assert!(!finished.status.success(), "{finished:?}");
+    let errors: Vec<&str> = non_log_lines(&finished.stderr)
+        .into_iter()
+        .filter(|line| line.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "stderr: {}", finished.stderr);
+    assert!(
+        errors[0].contains("'https://admin.example.com/'")
+            && errors[0].contains("CORS_ALLOWED_ORIGINS")
+            && errors[0].contains("did you mean https://admin.example.com?"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        !finished.stderr.contains("\"listening\""),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[tokio::test]
 async fn sigint_stops_the_server_with_exit_status_0() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("feedback.db").display());

@@ -25,7 +25,7 @@ both_stores!(
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Variables the binary reads; every test sets the ones it needs.
-const SERVICE_VARIABLES: [&str; 16] = [
+const SERVICE_VARIABLES: [&str; 19] = [
     "WORKER_THREADS",
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
@@ -42,6 +42,9 @@ const SERVICE_VARIABLES: [&str; 16] = [
     "RATE_LIMIT_PER_SECOND",
     "RATE_LIMIT_BURST",
     "CORS_ALLOWED_ORIGINS",
+    "HEADER_READ_TIMEOUT_MS",
+    "IDLE_TIMEOUT_SECS",
+    "MAX_CONNECTIONS",
 ];
 
 /// The real binary, with none of the service's variables inherited.

@@ -184,6 +184,9 @@ pub(crate) fn test_serve_args() -> ServeArgs {
         rate_limit_burst: None,
         cors_allowed_origins: Vec::new(),
         shutdown_timeout_secs: 5,
+        header_read_timeout_ms: 10_000,
+        idle_timeout_secs: 60,
+        max_connections: 10_000,
     }
 }
 

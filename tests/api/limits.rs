@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use llm_feedback::config::ServeArgs;
+use llm_feedback::config::{CorsOrigin, ServeArgs};
 use reqwest::Method;
 use reqwest::header::{CONNECTION, CONTENT_TYPE};
 use serde_json::json;
@@ -84,11 +84,11 @@ fn small_rate_limit(serve: &mut ServeArgs) {
 }
 
 fn cors_for_one_origin(serve: &mut ServeArgs) {
-    serve.cors_allowed_origins = vec![ALLOWED_ORIGIN.into()];
+    serve.cors_allowed_origins = vec![CorsOrigin::parse(ALLOWED_ORIGIN).expect("a valid origin")];
 }
 
 fn cors_for_any_origin(serve: &mut ServeArgs) {
-    serve.cors_allowed_origins = vec!["*".into()];
+    serve.cors_allowed_origins = vec![CorsOrigin::Any];
 }
 
 /// A lock held from outside the app, so that its writes wait: on PostgreSQL

@@ -30,6 +30,7 @@ mod binary;
 mod cli;
 mod cluster;
 mod concurrency;
+mod connections;
 mod create;
 mod errors;
 mod export;
