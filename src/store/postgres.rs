@@ -38,7 +38,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 //   become visible (or was rolled back).
 // - A reader computes the horizon H = least(its statement's start, the lowest
 //   L listed) and then, in a later statement (so a later snapshot), shows only
-//   entries with created_at < H.
+//   entries with created_at < H (strictly, so equal timestamps need no seq).
 // - A create that the page's snapshot misses and that commits later was still
 //   running when the locks were read. If it held its lock then, H ≤ L ≤ its
 //   created_at; if not, it read its created_at clock after that, so after the
@@ -50,9 +50,11 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 // transaction, however long, holds anything back. The changes feed can use
 // the same pair: announce in the write, `settled_horizon` in the read.
 
-/// The first statement of a create, up to `position.created_at`: announces
-/// a lower bound of the position in `pg_locks`, then reads the clock again.
-/// The key is `HORIZON_LOCK_TAG << 48 | milliseconds since the epoch`.
+/// The `with` clause of a create, giving `position.created_at`: announces a
+/// lower bound of the position in `pg_locks`, then reads the clock again
+/// (materialized CTEs run in that order: `position` reads rows of `held`).
+/// The lock key is `19526 << 48 | milliseconds since the epoch`; 19526
+/// (`0x4C46`, "LF") tags these locks.
 macro_rules! announce_position {
     () => {
         "with announced as materialized (
@@ -70,7 +72,7 @@ macro_rules! announce_position {
 }
 
 /// The horizon of ascending pages: no create still running can land below
-/// it. 19526 (`0x4C46`, "LF") is the tag of `announce_position!` keys.
+/// it. Decodes the keys of `announce_position!` (tag 19526) in this database.
 const SETTLED_HORIZON_SQL: &str = "select least(
         date_trunc('milliseconds', statement_timestamp()),
         (select timestamptz 'epoch'
