@@ -149,6 +149,9 @@ pub struct PageRequest {
     pub order: SortOrder,
     /// At most this many entries.
     pub limit: u32,
+    /// In ascending order, only entries behind which no create still in
+    /// flight can land (list pages; an export bounds itself by `until`).
+    pub settled_only: bool,
 }
 
 /// A validated create request.

@@ -79,6 +79,7 @@ pub(crate) async fn export_feedback(
                 until: None,
                 order: SortOrder::Desc,
                 limit: 1,
+                settled_only: false,
             },
         )
         .await?
@@ -102,6 +103,7 @@ pub(crate) async fn export_feedback(
             until: newest,
             order,
             limit: MAX_PAGE_ROWS,
+            settled_only: false,
         },
         remaining: if newest.is_some() { cap } else { 0 },
         wrote_header: false,

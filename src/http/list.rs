@@ -189,6 +189,7 @@ pub(crate) async fn list_feedback(
                 until: None,
                 order: query.order,
                 limit: query.limit + 1,
+                settled_only: true,
             },
         )
         .await?;

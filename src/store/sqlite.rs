@@ -174,10 +174,22 @@ impl Store for SqliteStore {
         scope: &Scope,
         new: &NewFeedback,
     ) -> StoreResult<Option<Feedback>> {
+        // The position is taken inside the statement, which holds SQLite's
+        // write lock from its first step to its commit: positions follow
+        // commit order, so a reader (whose snapshot holds a prefix of the
+        // commits) never sees an entry behind which another can still land.
+        // created_at never goes back within a tenant's kind, even if the
+        // clock does. (`where true`: SQLite's parser needs it before `on
+        // conflict` in `insert ... select`.)
         const SQL: &str = concat!(
             "insert into feedback
                  (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
-             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             select ?1, ?2, ?3, ?4, ?5, ?6, ?7, position.created_at, position.created_at
+             from (select max(
+                       cast(round(unixepoch('subsec') * 1000) as integer),
+                       coalesce((select max(created_at) from feedback where tenant = ?1 and kind = ?2), 0)
+                   ) as created_at) as position
+             where true
              on conflict (tenant, kind, output_id) do nothing
              returning ",
             feedback_columns!()
@@ -190,8 +202,7 @@ impl Store for SqliteStore {
                 .bind(scope.end_user.as_ref().map(EndUserId::as_str))
                 .bind(new.rating.map(Rating::as_str))
                 .bind(new.description.as_ref().map(Description::as_str))
-                .bind(new.model.as_ref().map(ModelName::as_str))
-                .bind(now_millis()),
+                .bind(new.model.as_ref().map(ModelName::as_str)),
         )
         .await
     }

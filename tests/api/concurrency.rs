@@ -1,15 +1,22 @@
-//! Concurrent requests: one winner per id, no lost updates, no SQLite lock errors.
+//! Concurrent requests: one winner per id, no lost updates, no SQLite lock
+//! errors, pages that neither skip nor repeat an entry while others are created.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, Reply, TestApp, spawn_app};
+use crate::helpers::{Backend, Reply, TestApp, encode_id, spawn_app};
 
 both_stores!(
     concurrent_creates_of_one_id_have_exactly_one_winner_whose_entry_is_stored,
     concurrent_updates_of_different_fields_never_lose_a_field,
+    readers_paging_both_ways_while_entries_are_created_never_skip_nor_repeat_one,
 );
 
 /// Requests sent at once in each race.
@@ -230,4 +237,174 @@ async fn sqlite_keeps_its_wal_bounded_under_sustained_writes() {
             .await;
         writes += 2;
     }
+}
+
+/// Tasks creating entries at once, and entries each creates.
+const CREATORS: usize = 8;
+const CREATES_PER_CREATOR: usize = 25;
+/// Entries that exist before the readers start.
+const BEFORE: usize = 20;
+
+/// Pages through `completions` in `order`, 7 at a time, following `last_id`;
+/// returns the ids in the order listed and when the first page was asked
+/// for. Oldest first, it keeps asking from its last cursor (a short page
+/// only means "nothing more yet") until `done` is set and a page asked for
+/// after that ends with `has_more: false`; newest first, it stops at the
+/// first `has_more: false`.
+async fn page_through(app: &TestApp, order: &str, done: &AtomicBool) -> (Vec<String>, Instant) {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let started = Instant::now();
+    loop {
+        let was_done = done.load(Ordering::SeqCst);
+        let query = match &cursor {
+            None => format!("order={order}&limit=7"),
+            Some(id) => format!("order={order}&limit=7&after={}", encode_id(id)),
+        };
+        let page = app.list("completions", &query).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        for item in page.body["data"].as_array().expect("data") {
+            seen.push(item["id"].as_str().expect("id").to_owned());
+        }
+        if let Some(last) = page.body["last_id"].as_str() {
+            cursor = Some(last.to_owned());
+        }
+        let has_more = page.body["has_more"].as_bool().expect("has_more");
+        if !has_more && (order == "desc" || was_done) {
+            return (seen, started);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the {order} reader is still paging after 60 s"
+        );
+        if !has_more {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// PostgreSQL: starts a create of `held` that takes its position and then
+/// waits (on the unique index, for an uncommitted row of the same id held by
+/// the returned connection) until that connection rolls back.
+async fn hold_a_create_open(app: &Arc<TestApp>) -> (PgConnection, JoinHandle<(Reply, Instant)>) {
+    let mut blocker = PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("begin")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query(
+        "insert into feedback (tenant, kind, output_id, created_at, updated_at)
+         values ('tenant-a', 'completions', 'held', now(), now())",
+    )
+    .execute(&mut blocker)
+    .await
+    .expect("uncommitted row");
+    let creator = Arc::clone(app);
+    let held = tokio::spawn(async move {
+        let reply = creator.create("completions", json!({"id": "held"})).await;
+        (reply, Instant::now())
+    });
+    let mut probe = PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut probe)
+        .await
+        .expect("pg_stat_activity");
+        if waiting == 1 {
+            return (blocker, held);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The ids among `expected` that `seen` lacks, and those it lists twice.
+fn missed_and_repeated(seen: &[String], expected: impl Iterator<Item = String>) -> Vec<String> {
+    let mut once = HashSet::new();
+    let mut wrong: Vec<String> = seen
+        .iter()
+        .filter(|id| !once.insert(id.as_str()))
+        .map(|id| format!("twice: {id}"))
+        .collect();
+    wrong.extend(
+        expected
+            .filter(|id| !once.contains(id.as_str()))
+            .map(|id| format!("missed: {id}")),
+    );
+    wrong
+}
+
+async fn readers_paging_both_ways_while_entries_are_created_never_skip_nor_repeat_one(
+    app: TestApp,
+) {
+    let app = Arc::new(app);
+    for i in 0..BEFORE {
+        app.create_ok("completions", json!({"id": format!("before-{i:02}")}))
+            .await;
+    }
+    let held = if app.backend == Backend::Postgres {
+        Some(hold_a_create_open(&app).await)
+    } else {
+        None
+    };
+    let done = Arc::new(AtomicBool::new(false));
+
+    let creators = join_all((0..CREATORS).map(|c| {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let mut answered = Vec::new();
+            for i in 0..CREATES_PER_CREATOR {
+                let id = format!("c{c}-{i:02}");
+                app.create_ok("completions", json!({"id": id})).await;
+                answered.push((id, Instant::now()));
+            }
+            answered
+        })
+    }));
+    let [asc, desc] = ["asc", "desc"].map(|order| {
+        let (app, done) = (Arc::clone(&app), Arc::clone(&done));
+        tokio::spawn(async move { page_through(&app, order, &done).await })
+    });
+    let mut answered: Vec<(String, Instant)> = creators
+        .await
+        .into_iter()
+        .flat_map(|creator| creator.expect("creator"))
+        .collect();
+    if let Some((mut blocker, held)) = held {
+        // The readers pass the later entries before the held one commits.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("rollback")
+            .execute(&mut blocker)
+            .await
+            .expect("rollback");
+        let (reply, at) = held.await.expect("held create");
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        answered.push(("held".to_owned(), at));
+    }
+    done.store(true, Ordering::SeqCst);
+    let (asc_seen, _) = asc.await.expect("asc reader");
+    let (desc_seen, desc_started) = desc.await.expect("desc reader");
+
+    let before = (0..BEFORE).map(|i| format!("before-{i:02}"));
+    // Oldest first: every entry, however late it committed.
+    let all = answered.iter().map(|(id, _)| id.clone());
+    assert_eq!(
+        missed_and_repeated(&asc_seen, before.clone().chain(all)),
+        Vec::<String>::new()
+    );
+    // Newest first: every entry answered before the first page.
+    let earlier = answered
+        .iter()
+        .filter(|(_, at)| *at < desc_started)
+        .map(|(id, _)| id.clone());
+    assert_eq!(
+        missed_and_repeated(&desc_seen, before.chain(earlier)),
+        Vec::<String>::new()
+    );
 }
