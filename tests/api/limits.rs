@@ -698,18 +698,31 @@ impl SlowExport {
     }
 
     /// Reads the rest of the body; its size in bytes.
-    async fn finish(mut self) -> usize {
+    async fn finish(self) -> usize {
+        let (body, is_complete) = self.read_rest().await;
+        assert!(is_complete, "the chunked body did not end cleanly");
+        body.len()
+    }
+
+    /// The rest of the body until the server closes the connection, and
+    /// whether it ended with the last chunk (else it was cut off).
+    async fn read_rest(mut self) -> (Vec<u8>, bool) {
         use tokio::io::AsyncReadExt;
         let mut body = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), self.stream.read_to_end(&mut body))
-            .await
-            .expect("the export did not end within 30 s")
-            .expect("read the body");
-        assert!(
-            body.ends_with(b"0\r\n\r\n"),
-            "the chunked body did not end cleanly"
-        );
-        body.len()
+        let mut buffer = vec![0_u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = tokio::time::timeout(left, self.stream.read(&mut buffer))
+                .await
+                .expect("the export did not end within 30 s");
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buffer[..n]),
+            }
+        }
+        let is_complete = body.ends_with(b"0\r\n\r\n");
+        (body, is_complete)
     }
 }
 
@@ -786,4 +799,47 @@ async fn a_fifth_export_is_503_unavailable_while_four_stream(app: TestApp) {
     for export in open {
         export.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_chunk_query_past_the_request_timeout_ends_the_body_early() {
+    let app = spawn_app_with(Backend::Postgres, |serve| serve.request_timeout_ms = 1000).await;
+    insert_long_completions(&app).await;
+    let export = SlowExport::open(&app).await;
+    assert_eq!(export.status(), "200", "{}", export.head);
+    // While the body waits for the client, the next chunk queries are made
+    // to wait far longer than the timeout.
+    let mut lock = PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect to the test database");
+    sqlx::query("begin")
+        .execute(&mut lock)
+        .await
+        .expect("begin");
+    sqlx::query("lock table feedback in access exclusive mode")
+        .execute(&mut lock)
+        .await
+        .expect("lock the table");
+
+    let started = Instant::now();
+    let (body, is_complete) = export.read_rest().await;
+    let took = started.elapsed();
+    sqlx::query("rollback")
+        .execute(&mut lock)
+        .await
+        .expect("rollback");
+
+    assert!(!is_complete, "the export ended cleanly despite the lock");
+    let rows = body.windows(2).filter(|pair| pair == b"\r\n").count();
+    assert!(
+        rows < usize::try_from(SLOW_EXPORT_ROWS).expect("small"),
+        "{rows} lines arrived"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the body ended after {took:?}"
+    );
+    // The slot was given back: other exports run.
+    let after = app.export("completions", "").await;
+    assert_eq!(after.status, 200, "{}", after.text);
 }
