@@ -240,6 +240,10 @@ pub struct LogArgs {
     /// `pretty` or `json`; by default pretty on a terminal, JSON elsewhere.
     #[arg(long, env = "LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+    /// Log lines that may wait for stderr; beyond, lines are dropped (and
+    /// counted in `log_lines_dropped_total`) rather than waited for.
+    #[arg(long, env = "LOG_BUFFER_LINES", default_value_t = 16_384, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), global = true)]
+    pub log_buffer_lines: usize,
 }
 
 /// How log lines look.

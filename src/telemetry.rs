@@ -3,9 +3,8 @@
 mod json_lines;
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
@@ -14,8 +13,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::auth::KeyIdentity;
 use crate::config::{LogArgs, LogFormat};
@@ -27,9 +26,12 @@ pub(crate) use json_lines::RequestContext;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Installs the global subscriber: `RUST_LOG` filter, pretty on a terminal,
-/// JSON elsewhere, written to stderr (stdout is for command output) through
-/// a [`BatchedStderr`]. Keep the returned guard until the process ends: its
-/// drop writes out what is still buffered.
+/// JSON elsewhere, written to stderr (stdout is for command output) by
+/// `tracing-appender`'s non-blocking writer: a request only queues its line
+/// (at most `LOG_BUFFER_LINES` wait); when the queue is full the line is
+/// dropped and counted ([`LOG_LINES_DROPPED`]), never waited for. Keep the
+/// returned guard until the process ends: its drop writes out what is still
+/// queued.
 pub fn init(args: &LogArgs) -> Result<LogGuard, String> {
     let filter = EnvFilter::try_new(&args.filter)
         .map_err(|err| format!("invalid RUST_LOG {:?}: {err}", args.filter))?;
@@ -40,7 +42,12 @@ pub fn init(args: &LogArgs) -> Result<LogGuard, String> {
         } else {
             LogFormat::Json
         });
-    let (writer, guard) = BatchedStderr::start();
+    let (writer, worker) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(args.log_buffer_lines)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -49,134 +56,27 @@ pub fn init(args: &LogArgs) -> Result<LogGuard, String> {
         LogFormat::Json => builder.event_format(JsonLines).try_init(),
     };
     result.map_err(|err| format!("cannot install the logger: {err}"))?;
-    Ok(guard)
+    // Only the installed writer's count is worth reporting.
+    let _ = DROPPED_LOG_LINES.set(dropped);
+    Ok(LogGuard { _worker: worker })
 }
 
-/// Log output that costs a request no system call and no thread wake-up:
-/// each line is appended to a shared buffer, which a background thread writes
-/// to stderr every [`FLUSH_INTERVAL`], or as soon as [`FLUSH_AT`] bytes wait.
-/// (`tracing-appender`'s non-blocking writer wakes its thread for every line.)
-/// Lines are never dropped: past [`MAX_BUFFERED`] bytes the logging thread
-/// writes the buffer out itself.
-#[derive(Clone)]
-pub struct BatchedStderr {
-    shared: Arc<LogBuffer>,
+/// The drop count of the installed log writer.
+static DROPPED_LOG_LINES: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Publishes [`LOG_LINES_DROPPED`] (0 while no writer is installed); called
+/// when `/metrics` is scraped.
+pub(crate) fn publish_dropped_log_lines() {
+    let dropped = DROPPED_LOG_LINES
+        .get()
+        .map_or(0, ErrorCounter::dropped_lines);
+    metrics::counter!(LOG_LINES_DROPPED).absolute(u64::try_from(dropped).unwrap_or(u64::MAX));
 }
 
-/// The buffer behind [`BatchedStderr`].
-pub struct LogBuffer {
-    bytes: Mutex<Vec<u8>>,
-    wake: Condvar,
-    is_closed: AtomicBool,
-}
-
-/// How long a log line may wait in the buffer.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
-/// Buffered bytes that make the writer thread flush at once.
-const FLUSH_AT: usize = 64 * 1024;
-/// Buffered bytes beyond which logging threads write out themselves.
-const MAX_BUFFERED: usize = 4 * 1024 * 1024;
-
-impl BatchedStderr {
-    /// The writer and the guard that stops (and drains) its thread.
-    #[must_use]
-    pub fn start() -> (Self, LogGuard) {
-        let shared = Arc::new(LogBuffer {
-            bytes: Mutex::new(Vec::with_capacity(FLUSH_AT)),
-            wake: Condvar::new(),
-            is_closed: AtomicBool::new(false),
-        });
-        let flusher = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("log-writer".to_owned())
-                .spawn(move || shared.write_out_until_closed())
-                .ok()
-        };
-        let guard = LogGuard {
-            shared: Arc::clone(&shared),
-            flusher,
-        };
-        (Self { shared }, guard)
-    }
-}
-
-impl LogBuffer {
-    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.bytes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write_out_until_closed(&self) {
-        let mut pending = Vec::with_capacity(FLUSH_AT);
-        loop {
-            let is_closed = {
-                let mut bytes = self.lock();
-                if bytes.len() < FLUSH_AT && !self.is_closed.load(Ordering::Acquire) {
-                    bytes = self
-                        .wake
-                        .wait_timeout(bytes, FLUSH_INTERVAL)
-                        .map_or_else(|poisoned| poisoned.into_inner().0, |(bytes, _)| bytes);
-                }
-                std::mem::swap(&mut *bytes, &mut pending);
-                self.is_closed.load(Ordering::Acquire)
-            };
-            if !pending.is_empty() {
-                let _ = std::io::stderr().write_all(&pending);
-                pending.clear();
-            }
-            if is_closed && self.lock().is_empty() {
-                return;
-            }
-        }
-    }
-}
-
-impl<'a> MakeWriter<'a> for BatchedStderr {
-    type Writer = &'a LogBuffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        &self.shared
-    }
-}
-
-impl Write for &LogBuffer {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut bytes = self.lock();
-        if self.is_closed.load(Ordering::Acquire) || bytes.len() + line.len() > MAX_BUFFERED {
-            // No writer thread, or it fell behind: write out here, in order.
-            let mut stderr = std::io::stderr().lock();
-            stderr.write_all(&bytes)?;
-            bytes.clear();
-            stderr.write_all(line)?;
-            return Ok(line.len());
-        }
-        bytes.extend_from_slice(line);
-        if bytes.len() >= FLUSH_AT {
-            self.wake.notify_one();
-        }
-        Ok(line.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Stops the log writer thread when dropped, after it wrote out every line.
+/// Writes out the queued log lines when dropped (waiting at most about a
+/// second if stderr does not take them).
 pub struct LogGuard {
-    shared: Arc<LogBuffer>,
-    flusher: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for LogGuard {
-    fn drop(&mut self) {
-        self.shared.is_closed.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
-        }
-        // Lines logged after the thread stopped were written out directly.
-    }
+    _worker: WorkerGuard,
 }
 
 /// 1 to 128 characters from `A-Z a-z 0-9 . _ : -` (API.md).
@@ -281,6 +181,8 @@ pub const RATE_LIMITED: &str = "rate_limited_total";
 pub const REQUESTS_SHED: &str = "requests_shed_total";
 /// Requests answered 503 because they ran past `REQUEST_TIMEOUT_MS`.
 pub const REQUEST_TIMEOUTS: &str = "request_timeouts_total";
+/// Log lines dropped because the log queue was full (stderr too slow).
+pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 /// Database pool connections, by `pool` and `state` (`idle`, `in_use`).
 pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
 /// The most connections each database pool may open, by `pool`.
@@ -415,6 +317,10 @@ fn describe_metrics() {
     metrics::describe_counter!(
         REQUEST_TIMEOUTS,
         "Requests answered 503 after the request timeout"
+    );
+    metrics::describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the log queue was full (stderr too slow)"
     );
     metrics::describe_gauge!(
         DB_POOL_CONNECTIONS,

@@ -1,6 +1,7 @@
 //! CSV export, streamed from the database in chunks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -8,18 +9,38 @@ use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::extract::{KindParam, QueryParams};
 use super::feedback::format_timestamp;
 use super::list::parse_order_and_rating;
 use super::openapi::{ExportParams, ExportTruncatedSchema, KindPath, OnBehalfOf};
-use super::{AppState, Result};
+use super::{AppError, AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{Feedback, FeedbackFilter, PageRequest, Scope, SortOrder};
 use crate::store::{MAX_PAGE_ROWS, Store, StoreError};
 
 /// Set (to `true`) when the row cap cut rows off.
 const EXPORT_TRUNCATED_HEADER: HeaderName = HeaderName::from_static("x-export-truncated");
+
+/// CSV exports one process streams at once; beyond, `503 unavailable`.
+pub(crate) const MAX_CONCURRENT_EXPORTS: usize = 4;
+
+/// The bound on exports running at once, and the deadline of each chunk
+/// query (an export's body outlives the request deadline).
+pub(crate) struct ExportLimits {
+    slots: Arc<Semaphore>,
+    chunk_timeout: Duration,
+}
+
+impl ExportLimits {
+    pub(crate) fn new(chunk_timeout: Duration) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_EXPORTS)),
+            chunk_timeout,
+        }
+    }
+}
 
 /// The header row (API.md).
 const CSV_HEADER: [&str; 7] = [
@@ -64,6 +85,14 @@ pub(crate) async fn export_feedback(
     if !errors.is_empty() {
         return Err(errors.into());
     }
+    // Held by the body until its last chunk, or until the client goes away.
+    let slot = Arc::clone(&app.exports.slots)
+        .try_acquire_owned()
+        .map_err(|_| {
+            AppError::Unavailable(format!(
+                "overloaded: {MAX_CONCURRENT_EXPORTS} exports are streaming"
+            ))
+        })?;
     let scope = caller.scope();
     let filter = FeedbackFilter { kind, rating };
     let cap = app.export_max_rows;
@@ -107,6 +136,8 @@ pub(crate) async fn export_feedback(
         },
         remaining: if newest.is_some() { cap } else { 0 },
         wrote_header: false,
+        chunk_timeout: app.exports.chunk_timeout,
+        _slot: slot,
     };
     let file_name = format!(
         "feedback-{}-{}.csv",
@@ -136,12 +167,16 @@ struct ExportRows {
     page: PageRequest,
     remaining: u64,
     wrote_header: bool,
+    chunk_timeout: Duration,
+    /// One of the `MAX_CONCURRENT_EXPORTS`, freed when the body ends.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl ExportRows {
-    /// The next chunk of CSV, or `None` when done. A database error ends the
-    /// body early (the status is already sent): the client sees a truncated
-    /// transfer, and the error is logged.
+    /// The next chunk of CSV, or `None` when done. A database error or a
+    /// chunk query past `chunk_timeout` ends the body early (the status is
+    /// already sent): the client sees a truncated transfer, and the error is
+    /// logged.
     async fn next_chunk(mut self) -> Result<Option<(Bytes, Self)>, std::io::Error> {
         let mut csv = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
@@ -159,14 +194,23 @@ impl ExportRows {
         }
         self.page.limit =
             u32::try_from(self.remaining.min(u64::from(MAX_PAGE_ROWS))).unwrap_or(MAX_PAGE_ROWS);
-        let rows = self
-            .store
-            .list_feedback(&self.scope, &self.page)
-            .await
-            .map_err(|err: StoreError| {
-                tracing::error!(error.cause = %err, "export stopped: database error");
-                std::io::Error::other(err)
-            })?;
+        let rows = tokio::time::timeout(
+            self.chunk_timeout,
+            self.store.list_feedback(&self.scope, &self.page),
+        )
+        .await
+        .map_err(|_| {
+            let timeout_ms = self.chunk_timeout.as_millis();
+            tracing::error!(
+                timeout_ms,
+                "export stopped: a chunk query ran past the timeout"
+            );
+            std::io::Error::from(std::io::ErrorKind::TimedOut)
+        })?
+        .map_err(|err: StoreError| {
+            tracing::error!(error.cause = %err, "export stopped: database error");
+            std::io::Error::other(err)
+        })?;
         if rows.len() < self.page.limit as usize {
             self.remaining = 0;
         } else {

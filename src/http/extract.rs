@@ -144,8 +144,29 @@ impl<S: Send + Sync> FromRequestParts<S> for EntryParams {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
+    use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        #[test]
+        fn a_bad_query_string_reports_at_most_20_details_and_counts_the_rest(
+            names in proptest::collection::vec("[a-z]{1,6}", 0..200),
+        ) {
+            let raw = names.iter().map(|name| format!("{name}=")).collect::<Vec<_>>().join("&");
+            let allowed = ["order", "rating"];
+            let bad = names.len();
+            match QueryParams::parse(Some(&raw), &allowed) {
+                Ok(_) => prop_assert_eq!(bad, 0),
+                Err(AppError::InvalidRequest { message, details }) => {
+                    prop_assert_eq!(details.len(), bad.min(MAX_QUERY_ERRORS));
+                    let omitted = format!("; and {} more problems", bad - details.len());
+                    prop_assert_eq!(message.contains(&omitted), bad > MAX_QUERY_ERRORS);
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
 
     fn with_content_type(value: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -177,6 +198,10 @@ mod tests {
     }
 }
 
+/// The most `details` one bad query string reports; the message says how
+/// many more problems there were.
+const MAX_QUERY_ERRORS: usize = 20;
+
 /// A query string held to API.md's rules: only `allowed` names, each at most
 /// once, none empty. Values are percent-decoded.
 #[derive(Debug, Default)]
@@ -186,26 +211,45 @@ impl QueryParams {
     pub(crate) fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, AppError> {
         let mut params: Vec<(String, String)> = Vec::new();
         let mut errors = Vec::new();
+        let mut omitted = 0_usize;
         for (name, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-            let field = name.to_string();
-            if !allowed.contains(&name.as_ref()) {
-                errors.push(FieldError::new(
-                    field,
-                    format!("unknown query parameter; allowed: {}", allowed.join(", ")),
-                ));
+            let is_unknown = !allowed.contains(&name.as_ref());
+            let problem = if is_unknown {
+                "unknown query parameter"
             } else if params.iter().any(|(seen, _)| *seen == name) {
-                errors.push(FieldError::new(field, "must be given at most once"));
+                "must be given at most once"
             } else if value.is_empty() {
-                errors.push(FieldError::new(field, "must not be empty"));
+                "must not be empty"
             } else {
-                params.push((field, value.into_owned()));
+                params.push((name.into_owned(), value.into_owned()));
+                continue;
+            };
+            // A flood of bad parameters costs one bounded answer.
+            if errors.len() == MAX_QUERY_ERRORS {
+                omitted += 1;
+                continue;
             }
+            let message = if is_unknown {
+                format!("{problem}; allowed: {}", allowed.join(", "))
+            } else {
+                problem.to_owned()
+            };
+            errors.push(FieldError::new(name.into_owned(), message));
         }
         if errors.is_empty() {
-            Ok(Self(params))
-        } else {
-            Err(errors.into())
+            return Ok(Self(params));
         }
+        let mut error = AppError::from(errors);
+        if let AppError::InvalidRequest { message, .. } = &mut error {
+            if omitted > 0 {
+                use std::fmt::Write;
+                let _ = write!(
+                    message,
+                    "; and {omitted} more problems with query parameters (not listed)"
+                );
+            }
+        }
+        Err(error)
     }
 
     /// The value of `name`, if given.

@@ -2,14 +2,18 @@
 //! an optional per-key rate limit.
 
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppError;
 use crate::telemetry::{RATE_LIMITED, REQUEST_TIMEOUTS, REQUESTS_SHED};
@@ -60,8 +64,47 @@ where
         ))
         .into_response();
     };
-    drop(permit);
-    response
+    match permit {
+        // A streamed body (an export) counts until its last byte.
+        Some(permit) if response.body().size_hint().exact().is_none() => response.map(|body| {
+            Body::new(InFlightUntilEnd {
+                body,
+                permit: Some(permit),
+            })
+        }),
+        _ => response,
+    }
+}
+
+/// A response body that holds its request's in-flight slot until it ends,
+/// fails or is dropped (the client went away).
+struct InFlightUntilEnd {
+    body: Body,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for InFlightUntilEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.permit = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A token bucket per API key.

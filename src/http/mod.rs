@@ -62,6 +62,8 @@ pub struct AppServices {
     pub rate_limiter: Option<Arc<KeyRateLimiter>>,
     /// The most rows one CSV export holds.
     pub export_max_rows: u64,
+    /// Exports streaming at once, and their chunk deadline.
+    pub(crate) exports: export::ExportLimits,
     /// The OpenAPI document, serialized once.
     pub openapi_json: Arc<str>,
 }
@@ -122,6 +124,7 @@ pub fn router(
         store,
         rate_limiter,
         export_max_rows,
+        exports: export::ExportLimits::new(settings.request_timeout),
         openapi_json: openapi_json.into(),
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);

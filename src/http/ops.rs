@@ -60,6 +60,7 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             .set(open - idle);
         metrics::gauge!(DB_POOL_MAX_CONNECTIONS, "pool" => pool.pool).set(f64::from(pool.max));
     }
+    telemetry::publish_dropped_log_lines();
     let handle = telemetry::metrics_handle();
     handle.run_upkeep();
     (

@@ -25,7 +25,7 @@ both_stores!(
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Variables the binary reads; every test sets the ones it needs.
-const SERVICE_VARIABLES: [&str; 19] = [
+const SERVICE_VARIABLES: &[&str] = &[
     "WORKER_THREADS",
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
@@ -35,6 +35,7 @@ const SERVICE_VARIABLES: [&str; 19] = [
     "LISTEN_ADDR",
     "RUST_LOG",
     "LOG_FORMAT",
+    "LOG_BUFFER_LINES",
     "SHUTDOWN_TIMEOUT_SECS",
     "EXPORT_MAX_ROWS",
     "REQUEST_TIMEOUT_MS",

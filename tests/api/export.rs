@@ -6,6 +6,7 @@ use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
+use crate::list::{assert_one_bounded_flood_error, unknown_parameter_flood};
 
 /// Like `both_stores!`, on an app whose exports hold at most
 /// `SMALL_EXPORT_CAP` rows.
@@ -47,6 +48,7 @@ both_stores!(
     export_of_one_kind_never_holds_entries_of_the_other,
     export_shows_each_caller_only_its_entries_with_the_end_user_in_the_user_column,
     bad_export_queries_are_400_invalid_request,
+    a_flood_of_5000_unknown_export_parameters_is_one_400_with_20_details,
     an_export_of_50001_entries_stops_at_50000_rows_with_the_truncation_header,
 );
 
@@ -531,6 +533,15 @@ async fn bad_export_queries_are_400_invalid_request(app: TestApp) {
         assert_eq!(reply.error_code(), "invalid_request", "{query}");
         assert_eq!(reply.header("x-export-truncated"), None, "{query}");
     }
+}
+
+async fn a_flood_of_5000_unknown_export_parameters_is_one_400_with_20_details(app: TestApp) {
+    let reply = app
+        .export("completions", &unknown_parameter_flood(5000))
+        .await;
+
+    assert_one_bounded_flood_error(&reply, 5000);
+    assert_eq!(reply.header("x-export-truncated"), None);
 }
 
 async fn an_export_over_the_cap_holds_the_first_rows_in_order_and_says_it_is_truncated(

@@ -249,6 +249,7 @@ pub(crate) fn init_test_logs() {
             let logs = llm_feedback::telemetry::init(&llm_feedback::config::LogArgs {
                 filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
                 log_format: None,
+                log_buffer_lines: 16_384,
             });
             // The writer thread lives as long as the test process.
             if let Ok(guard) = logs {

@@ -64,6 +64,12 @@ both_stores_with!(cors_for_any_origin =>
     with_a_wildcard_every_origin_is_allowed,
 );
 
+both_stores_with!(one_request_in_flight =>
+    an_export_read_slowly_holds_its_in_flight_slot_until_its_last_byte,
+);
+
+both_stores!(a_fifth_export_is_503_unavailable_while_four_stream);
+
 /// `REQUEST_TIMEOUT_MS` of `short_request_timeout` apps.
 const SHORT_TIMEOUT: Duration = Duration::from_millis(300);
 /// The origin `cors_for_one_origin` apps allow.
@@ -85,6 +91,10 @@ fn small_rate_limit(serve: &mut ServeArgs) {
 
 fn cors_for_one_origin(serve: &mut ServeArgs) {
     serve.cors_allowed_origins = vec![CorsOrigin::parse(ALLOWED_ORIGIN).expect("a valid origin")];
+}
+
+fn one_request_in_flight(serve: &mut ServeArgs) {
+    serve.max_concurrent_requests = 1;
 }
 
 fn cors_for_any_origin(serve: &mut ServeArgs) {
@@ -605,4 +615,231 @@ async fn a_body_of_65537_bytes_is_413_payload_too_large(app: TestApp) {
     assert_error(&reply, 413, "payload_too_large", "65,537 bytes");
     let stored = app.get("responses", "too-big").await;
     assert_eq!(stored.status, 404, "{}", stored.text);
+}
+
+/// Rows of the exports below, each with a 1000-character description: some
+/// 10 MB of CSV, far more than a 4 KiB receive window and the server's send
+/// buffer (at most 4 MiB here) hold.
+const SLOW_EXPORT_ROWS: i64 = 10_000;
+
+/// `SLOW_EXPORT_ROWS` completions `bulk-1`... with long descriptions,
+/// written straight into the database (through the API it would take
+/// minutes).
+async fn insert_long_completions(app: &TestApp) {
+    app.insert_completions_directly("bulk", SLOW_EXPORT_ROWS)
+        .await;
+    let result = match app.backend {
+        Backend::Postgres => {
+            let mut connection = PgConnection::connect(&app.database_url)
+                .await
+                .expect("connect to the test database");
+            sqlx::query("update feedback set description = repeat('x', 1000)")
+                .execute(&mut connection)
+                .await
+                .map(|done| done.rows_affected())
+        }
+        Backend::Sqlite => {
+            let mut connection = SqliteConnection::connect(&app.database_url)
+                .await
+                .expect("open the test database");
+            sqlx::query("update feedback set description = replace(hex(zeroblob(500)), '0', 'x')")
+                .execute(&mut connection)
+                .await
+                .map(|done| done.rows_affected())
+        }
+    };
+    let updated = result.expect("set long descriptions");
+    assert_eq!(updated, u64::try_from(SLOW_EXPORT_ROWS).expect("positive"));
+}
+
+/// `GET /export/completions` over a socket with a 4 KiB receive buffer,
+/// after its head was read; the body is left unread until `finish`.
+struct SlowExport {
+    stream: tokio::net::TcpStream,
+    head: String,
+}
+
+impl SlowExport {
+    async fn open(app: &TestApp) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = app.address.trim_start_matches("http://");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut stream = socket
+            .connect(addr.parse().expect("a socket address"))
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /api/v1/llm/feedback/export/completions HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            app.api_key
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        let mut head = Vec::new();
+        let mut byte = [0_u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte))
+                .await
+                .expect("no response head within 10 s");
+            read.expect("read the response head");
+            head.push(byte[0]);
+        }
+        Self {
+            stream,
+            head: String::from_utf8(head).expect("an ASCII head"),
+        }
+    }
+
+    fn status(&self) -> &str {
+        self.head.split(' ').nth(1).unwrap_or_default()
+    }
+
+    /// Reads the rest of the body; its size in bytes.
+    async fn finish(self) -> usize {
+        let (body, is_complete) = self.read_rest().await;
+        assert!(is_complete, "the chunked body did not end cleanly");
+        body.len()
+    }
+
+    /// The rest of the body until the server closes the connection, and
+    /// whether it ended with the last chunk (else it was cut off).
+    async fn read_rest(mut self) -> (Vec<u8>, bool) {
+        use tokio::io::AsyncReadExt;
+        let mut body = Vec::new();
+        let mut buffer = vec![0_u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = tokio::time::timeout(left, self.stream.read(&mut buffer))
+                .await
+                .expect("the export did not end within 30 s");
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buffer[..n]),
+            }
+        }
+        let is_complete = body.ends_with(b"0\r\n\r\n");
+        (body, is_complete)
+    }
+}
+
+/// Polls `GET /completions/bulk-1` until it is answered 200 (the slot
+/// freed), for at most 5 s.
+async fn wait_until_served(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = app.get("completions", "bulk-1").await;
+        if reply.status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} 5 s after the export ended: {}",
+            reply.status,
+            reply.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_export_read_slowly_holds_its_in_flight_slot_until_its_last_byte(app: TestApp) {
+    insert_long_completions(&app).await;
+
+    let export = SlowExport::open(&app).await;
+    assert_eq!(export.status(), "200", "{}", export.head);
+    // Long after the handler returned, the body is still being sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let meanwhile = app.get("completions", "bulk-1").await;
+
+    assert_error(
+        &meanwhile,
+        503,
+        "unavailable",
+        "a get while the export streams",
+    );
+    let bytes = export.finish().await;
+    assert!(bytes > 10_000_000, "{bytes} bytes");
+    wait_until_served(&app).await;
+}
+
+async fn a_fifth_export_is_503_unavailable_while_four_stream(app: TestApp) {
+    insert_long_completions(&app).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let export = SlowExport::open(&app).await;
+        assert_eq!(export.status(), "200", "{}", export.head);
+        open.push(export);
+    }
+
+    let fifth = app.export("completions", "").await;
+    let get = app.get("completions", "bulk-1").await;
+
+    assert_error(&fifth, 503, "unavailable", "a fifth export");
+    assert_eq!(get.status, 200, "other requests still served: {}", get.text);
+    let finished = open.pop().expect("four exports").finish().await;
+    assert!(finished > 10_000_000, "{finished} bytes");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let another = loop {
+        let reply = app.export("completions", "").await;
+        if reply.status != 503 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(another.status, 200, "{}", another.text);
+    let rows = usize::try_from(SLOW_EXPORT_ROWS).expect("small");
+    assert_eq!(
+        another.text.split("\r\n").count(),
+        rows + 2,
+        "header, rows, end"
+    );
+    for export in open {
+        export.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_chunk_query_past_the_request_timeout_ends_the_body_early() {
+    let app = spawn_app_with(Backend::Postgres, |serve| serve.request_timeout_ms = 1000).await;
+    insert_long_completions(&app).await;
+    let export = SlowExport::open(&app).await;
+    assert_eq!(export.status(), "200", "{}", export.head);
+    // While the body waits for the client, the next chunk queries are made
+    // to wait far longer than the timeout.
+    let mut lock = PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect to the test database");
+    sqlx::query("begin")
+        .execute(&mut lock)
+        .await
+        .expect("begin");
+    sqlx::query("lock table feedback in access exclusive mode")
+        .execute(&mut lock)
+        .await
+        .expect("lock the table");
+
+    let started = Instant::now();
+    let (body, is_complete) = export.read_rest().await;
+    let took = started.elapsed();
+    sqlx::query("rollback")
+        .execute(&mut lock)
+        .await
+        .expect("rollback");
+
+    assert!(!is_complete, "the export ended cleanly despite the lock");
+    let rows = body.windows(2).filter(|pair| pair == b"\r\n").count();
+    assert!(
+        rows < usize::try_from(SLOW_EXPORT_ROWS).expect("small"),
+        "{rows} lines arrived"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the body ended after {took:?}"
+    );
+    // The slot was given back: other exports run.
+    let after = app.export("completions", "").await;
+    assert_eq!(after.status, 200, "{}", after.text);
 }

@@ -21,6 +21,7 @@ both_stores!(
     an_after_entry_outside_the_rating_filter_is_still_a_valid_cursor,
     an_after_id_with_reserved_characters_is_percent_decoded,
     bad_list_queries_are_400_invalid_request,
+    a_flood_of_5000_unknown_list_parameters_is_one_400_with_20_details,
     an_after_that_names_no_visible_entry_is_400,
     the_two_kinds_are_listed_separately,
     list_shows_each_caller_only_its_tenants_and_end_users_entries,
@@ -541,6 +542,53 @@ async fn bad_list_queries_are_400_invalid_request(app: TestApp) {
         assert_eq!(reply.status, 400, "{query}: {}", reply.text);
         assert_eq!(reply.error_code(), "invalid_request", "{query}");
     }
+}
+
+/// `a1=&a2=&...&a{count}=`: `count` unknown query parameters.
+pub(crate) fn unknown_parameter_flood(count: usize) -> String {
+    (1..=count)
+        .map(|i| format!("a{i}="))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The answer to [`unknown_parameter_flood`]: one 400 naming the first 20
+/// parameters, saying how many more there were, in a small body.
+pub(crate) fn assert_one_bounded_flood_error(reply: &Reply, count: usize) {
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.error_code(), "invalid_request");
+    let details = reply.body["error"]["details"].as_array().expect("details");
+    let fields: Vec<&str> = details
+        .iter()
+        .map(|detail| detail["field"].as_str().expect("a field name"))
+        .collect();
+    let first_20: Vec<String> = (1..=20).map(|i| format!("a{i}")).collect();
+    assert_eq!(fields, first_20, "{}", reply.text);
+    let message = reply.body["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains(&format!("{} more", count - 20)),
+        "the message does not say how many were left out: {message}"
+    );
+    assert!(
+        reply.text.len() < 8 * 1024,
+        "{} bytes of error body",
+        reply.text.len()
+    );
+}
+
+async fn a_flood_of_5000_unknown_list_parameters_is_one_400_with_20_details(app: TestApp) {
+    let reply = app
+        .list("completions", &unknown_parameter_flood(5000))
+        .await;
+
+    assert_one_bounded_flood_error(&reply, 5000);
+    // Exactly 20 bad parameters: all listed, nothing said to be left out.
+    let reply = app.list("completions", &unknown_parameter_flood(20)).await;
+    assert_eq!(
+        reply.body["error"]["details"].as_array().map(Vec::len),
+        Some(20)
+    );
+    assert!(!reply.text.contains("more problems"), "{}", reply.text);
 }
 
 async fn an_after_that_names_no_visible_entry_is_400(app: TestApp) {

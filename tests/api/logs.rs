@@ -280,3 +280,179 @@ async fn rust_log_warn_leaves_out_the_per_request_info_lines() {
         assert_ne!(event["message"], "request", "{event}");
     }
 }
+
+/// A server whose stderr is a pipe nobody reads: once the pipe's 64 KiB are
+/// full, every write to it blocks. Killed when dropped.
+struct UnreadStderr {
+    child: std::process::Child,
+    /// Held open, never read.
+    _stderr: std::process::ChildStderr,
+    base: String,
+}
+
+impl UnreadStderr {
+    /// Serves with `LOG_BUFFER_LINES=queue_lines` and a bootstrap key, until
+    /// `/healthz` answers.
+    async fn start(secret: &str, queue_lines: &str, database_url: &str) -> Self {
+        let port = free_port();
+        let mut command = llm_feedback_on(database_url);
+        command
+            .args(["serve"])
+            .envs([
+                ("LISTEN_ADDR", format!("127.0.0.1:{port}").as_str()),
+                ("BOOTSTRAP_API_KEY", secret),
+                ("BOOTSTRAP_TENANT", TENANT),
+                ("DATABASE_MAX_CONNECTIONS", "3"),
+                ("LOG_FORMAT", "json"),
+                ("RUST_LOG", "info"),
+                ("LOG_BUFFER_LINES", queue_lines),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("cannot start llm-feedback");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let server = Self {
+            child,
+            _stderr: stderr,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "{} did not come up", server.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    /// SIGTERM, then the time until the process exited with status 0.
+    async fn stop(&mut self) -> Duration {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success());
+        let stopping = Instant::now();
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("try_wait") {
+                assert_eq!(exit.code(), Some(0));
+                return stopping.elapsed();
+            }
+            assert!(
+                stopping.elapsed() < STOP_TIMEOUT,
+                "still running {STOP_TIMEOUT:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for UnreadStderr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Requests driven while stderr is stuck: at about 350 bytes a line, many
+/// times the pipe and the log queue, and more than the 4 MiB a writer of
+/// ours once buffered before making request threads write themselves.
+const STUCK_STDERR_REQUESTS: usize = 20_000;
+/// Clients sending them at once.
+const STUCK_STDERR_CLIENTS: usize = 16;
+
+/// `requests` requests from `STUCK_STDERR_CLIENTS` clients at once, half
+/// `/healthz`, half an authenticated get of `resp-stuck`, each with a long
+/// request id (long lines fill the pipe and the queue sooner). Returns the
+/// slowest answer; panics on any failure.
+async fn drive_requests(client: &reqwest::Client, base: &str, secret: &str) -> Duration {
+    let workers: Vec<_> = (0..STUCK_STDERR_CLIENTS)
+        .map(|worker| {
+            let (client, base, secret) = (client.clone(), base.to_owned(), secret.to_owned());
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                for i in 0..STUCK_STDERR_REQUESTS / STUCK_STDERR_CLIENTS {
+                    let request_id = format!("{worker:03}-{i:06}-{}", "r".repeat(117));
+                    let request = if i % 2 == 0 {
+                        client.get(format!("{base}/healthz"))
+                    } else {
+                        client
+                            .get(format!("{base}/api/v1/llm/feedback/responses/resp-stuck"))
+                            .bearer_auth(&secret)
+                    };
+                    let sent = Instant::now();
+                    let response = request
+                        .header("x-request-id", request_id)
+                        .send()
+                        .await
+                        .unwrap_or_else(|err| panic!("request {worker}/{i} failed: {err}"));
+                    assert_eq!(response.status().as_u16(), 200, "request {worker}/{i}");
+                    let _ = response.bytes().await;
+                    slowest = slowest.max(sent.elapsed());
+                }
+                slowest
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for worker in workers {
+        slowest = slowest.max(worker.await.expect("a client failed"));
+    }
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_never_stalls_requests_and_dropped_lines_are_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("feedback.db").display());
+    let secret = format!("lfk_{}", "s".repeat(40));
+    let mut server = UnreadStderr::start(&secret, "1000", &url).await;
+    let base = server.base.clone();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client");
+    let created = client
+        .post(format!("{base}/api/v1/llm/feedback/responses"))
+        .bearer_auth(&secret)
+        .json(&json!({"id": "resp-stuck", "rating": "thumbs_up"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status().as_u16(), 201);
+
+    let started = Instant::now();
+    let slowest = drive_requests(&client, &base, &secret).await;
+
+    eprintln!(
+        "{STUCK_STDERR_REQUESTS} requests with stderr stuck: {:?}, slowest {slowest:?}",
+        started.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request took {slowest:?} while stderr was stuck"
+    );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("log_lines_dropped_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no log_lines_dropped_total in:\n{metrics}"));
+    eprintln!("log_lines_dropped_total {dropped}");
+    assert!(dropped > 0, "no line was dropped");
+    // Exit does not wait for ever on the stuck pipe either.
+    let stopped_in = server.stop().await;
+    eprintln!("exited {stopped_in:?} after SIGTERM with stderr stuck");
+}
