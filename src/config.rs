@@ -128,11 +128,12 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
-    /// A connection that has not sent a complete request head within this
-    /// time is closed (the time between keep-alive requests counts too).
+    /// A request head must be complete within this time of its first byte (of
+    /// the accept, for a connection's first request), else the connection is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub header_read_timeout_ms: u64,
-    /// A keep-alive connection idle (no request in progress) this long is closed.
+    /// A keep-alive connection that sends no complete request head this long
+    /// after a response is closed.
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout_secs: u64,
     /// Connections open at once; beyond it new ones wait in the kernel's

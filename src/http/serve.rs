@@ -1,6 +1,7 @@
 //! The accept loop: hyper's HTTP/1 server with its timer, at most
-//! `MAX_CONNECTIONS` open connections, an idle keep-alive timeout, and a
-//! graceful shutdown that does not wait for idle connections.
+//! `MAX_CONNECTIONS` open connections, a header-read timeout, an idle
+//! keep-alive timeout, and a graceful shutdown that does not wait for idle
+//! connections.
 //!
 //! `axum::serve` hides hyper's builder and installs no timer, so hyper's
 //! header-read timeout never fires there. hyper-util's `auto::Builder` would
@@ -8,15 +9,33 @@
 //! (hyperium/hyper#3962); this service speaks HTTP/1 only, so it uses
 //! `hyper::server::conn::http1::Builder` directly.
 //!
-//! What hyper's `header_read_timeout` covers (hyper 1.x,
-//! `proto/h1/conn.rs` `poll_read_head` and `State::idle`): the timer starts
-//! when the connection first waits for a request head, so a connection that
-//! sends nothing at all is closed too, and it starts again as soon as a
-//! response has been written, so the wait between keep-alive requests counts
-//! against it as well. hyper has no separate idle timeout: the one here (see
-//! `serve_connection`) closes a connection with no request in progress for
-//! `IDLE_TIMEOUT_SECS`, which matters when it is shorter than the header-read
-//! timeout.
+//! The two timeouts follow Go's `net/http`: `IDLE_TIMEOUT_SECS` runs from the
+//! end of a response until the next request arrives, `HEADER_READ_TIMEOUT_MS`
+//! from the first byte of a request head (or, for a connection's first
+//! request, from the accept) until the head is complete. hyper has one timer
+//! for both: its `header_read_timeout` starts whenever the connection waits
+//! for a head (hyper 1.x, `proto/h1/conn.rs` `poll_read_head`, restarted by
+//! `State::idle` once a response is written), so the wait between keep-alive
+//! requests counts against it; its maintainers describe it so, and leave a
+//! separate idle timeout "as in Go" for later (hyperium/hyper PR #3828). Set
+//! to 10 s, it would close every idle keep-alive connection after 10 s, and
+//! load balancers that keep backend connections for longer (AWS ALB: 60 s)
+//! would get resets for the requests they send on them. So one timer is ours:
+//!
+//! - hyper's `header_read_timeout` is set to `IDLE_TIMEOUT_SECS`: it then is
+//!   the idle timeout (from the end of a response until the next head is
+//!   complete), and a backstop for the first head;
+//! - our own timer (see `poll_serving`) enforces `HEADER_READ_TIMEOUT_MS`:
+//!   [`WatchedStream`] notes the first read that returns bytes while no
+//!   request is in progress, and a head not dispatched within the timeout of
+//!   it drops the connection, as hyper's timeout would. A connection that
+//!   sends nothing at all is closed `HEADER_READ_TIMEOUT_MS` after its accept.
+//!
+//! A head must therefore be complete within `HEADER_READ_TIMEOUT_MS` of its
+//! first byte and, on a keep-alive connection, within `IDLE_TIMEOUT_SECS` of
+//! the previous response, whichever comes first. The cost per request is one
+//! atomic load per read and two stores; the timer is armed only while a head
+//! is incomplete after a read.
 
 use std::convert::Infallible;
 use std::io;
@@ -33,9 +52,10 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 /// How long the accept loop pauses after a failed `accept` (e.g. `EMFILE`):
@@ -46,10 +66,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Settings of connections, as opposed to requests.
 #[derive(Debug, Clone)]
 pub struct ConnectionSettings {
-    /// A connection must send a whole request head within this time
-    /// (counted from when it opened, or from the end of the previous response).
+    /// A request head must be complete within this time of its first byte
+    /// (of the accept, for a connection's first request); else the
+    /// connection is dropped.
     pub header_read_timeout: Duration,
-    /// A connection with no request in progress for this long is closed.
+    /// A keep-alive connection must send its next complete request head
+    /// within this time of the end of the previous response; else it is
+    /// closed. A request in progress is never idle.
     pub idle_timeout: Duration,
     /// Connections open at once; beyond it the listener is not polled, so
     /// new connections wait in the kernel's backlog.
@@ -68,9 +91,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
+    // hyper's header-read timer is our idle timeout (see the module docs).
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
+        .header_read_timeout(settings.idle_timeout);
     let builder = Arc::new(builder);
     // One permit per open connection: held by its task until it ends.
     let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
@@ -107,7 +131,7 @@ pub async fn serve(
             Arc::clone(&builder),
             closing_rx.clone(),
             permit,
-            settings.idle_timeout,
+            settings.header_read_timeout,
         ));
     }
     // New connections are refused from here on.
@@ -126,7 +150,7 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection until it closes, the idle timeout passes, or the
+/// Serves one connection until it closes, its request head is late, or the
 /// server shuts down.
 async fn serve_connection(
     stream: TcpStream,
@@ -134,7 +158,7 @@ async fn serve_connection(
     builder: Arc<http1::Builder>,
     mut closing: watch::Receiver<()>,
     _permit: OwnedSemaphorePermit,
-    idle_timeout: Duration,
+    header_read_timeout: Duration,
 ) {
     let activity = Arc::new(Activity::new());
     let service = {
@@ -151,35 +175,48 @@ async fn serve_connection(
             }
         })
     };
-    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let io = TokioIo::new(WatchedStream {
+        stream,
+        activity: Arc::clone(&activity),
+    });
+    let mut connection = pin!(builder.serve_connection(io, service));
+    // The first head is due `header_read_timeout` after the accept.
+    let mut head_timer = pin!(tokio::time::sleep_until(
+        activity.opened + header_read_timeout
+    ));
     let mut closing_down = false;
     loop {
-        // The idle timeout is a timer of our own, since hyper has none; while
-        // a request is in progress it only schedules the next look.
-        let next_look = activity
-            .idle_deadline(idle_timeout)
-            .unwrap_or_else(|| Instant::now() + idle_timeout);
+        let serving = std::future::poll_fn(|cx| {
+            poll_serving(
+                connection.as_mut(),
+                head_timer.as_mut(),
+                &activity,
+                header_read_timeout,
+                cx,
+            )
+        });
         tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    // Header-read timeouts, resets, malformed heads: the
-                    // client's doing, not worth a log line each.
-                    tracing::debug!(error = %err, "connection closed with an error");
+            served = serving => {
+                match served {
+                    Served::Closed(Err(err)) => {
+                        // Idle timeouts, resets, malformed heads: the
+                        // client's doing, not worth a log line each.
+                        tracing::debug!(error = %err, "connection closed with an error");
+                    }
+                    Served::Closed(Ok(())) => {}
+                    Served::HeadTooSlow => {
+                        tracing::debug!("request head not complete in time; connection dropped");
+                    }
                 }
                 return;
             }
             _ = closing.changed(), if !closing_down => {}
-            () = tokio::time::sleep_until(next_look), if !closing_down => {
-                if activity.idle_deadline(idle_timeout).is_none_or(|due| due > Instant::now()) {
-                    continue;
-                }
-            }
         }
-        // Shutting down, or idle for too long.
+        // Shutting down.
         if activity.requests_started() == 0 {
             // Nothing was ever dispatched (at most part of a head arrived),
-            // and hyper would wait for the header-read timeout before it
-            // gave up on a head it has begun to read: drop it now.
+            // and hyper would wait for its timeout before it gave up on a
+            // head it has begun to read: drop it now.
             return;
         }
         // No new request on this connection; one in progress is finished
@@ -189,16 +226,66 @@ async fn serve_connection(
     }
 }
 
-/// Whether a connection has a request in progress, and since when not.
+/// How serving a connection ended.
+enum Served {
+    /// hyper is done with it (the client closed it, hyper's timer fired, or
+    /// it broke).
+    Closed(hyper::Result<()>),
+    /// A request head was not complete within `HEADER_READ_TIMEOUT_MS`.
+    HeadTooSlow,
+}
+
+/// Polls `connection`, then the head timer if a request head is on its way.
+///
+/// Every read of the connection happens inside `connection.poll`, in this
+/// task, so once it returns the head state is up to date: no wake-up of our
+/// own is needed, and the timer is only touched when a head is still
+/// incomplete after a read (a head that arrives in one read is dispatched in
+/// the same poll and never arms it).
+fn poll_serving(
+    connection: Pin<&mut impl Future<Output = hyper::Result<()>>>,
+    mut head_timer: Pin<&mut Sleep>,
+    activity: &Activity,
+    header_read_timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<Served> {
+    if let Poll::Ready(result) = connection.poll(cx) {
+        return Poll::Ready(Served::Closed(result));
+    }
+    let Some(deadline) = activity.head_deadline(header_read_timeout) else {
+        return Poll::Pending;
+    };
+    if head_timer.deadline() != deadline {
+        head_timer.as_mut().reset(deadline);
+    }
+    if head_timer.poll(cx).is_ready() {
+        return Poll::Ready(Served::HeadTooSlow);
+    }
+    Poll::Pending
+}
+
+/// [`Activity::head`]: no request in progress, and no byte of the next
+/// head read yet.
+const NO_HEAD: u64 = 0;
+/// [`Activity::head`]: a request is in progress.
+const REQUEST_IN_PROGRESS: u64 = u64::MAX;
+
+/// Whether a connection has a request in progress, or one on its way.
+///
+/// Only the connection's own task touches it (the reads, the service call
+/// and the response body all run inside hyper's connection future), so
+/// relaxed atomics suffice; they are atomics because the service must be
+/// `Send`.
 struct Activity {
     opened: Instant,
     /// Requests dispatched on the connection.
     started: AtomicU64,
     /// Requests whose response has not been sent whole yet.
     in_flight: AtomicUsize,
-    /// When the last response was sent whole (or the connection opened),
-    /// in milliseconds after `opened`.
-    idle_since_ms: AtomicU64,
+    /// [`NO_HEAD`], [`REQUEST_IN_PROGRESS`], or when the first byte of the
+    /// head being read arrived, in milliseconds after `opened`, plus one
+    /// (so `1` is the accept, where the first head's clock starts).
+    head: AtomicU64,
 }
 
 impl Activity {
@@ -207,22 +294,84 @@ impl Activity {
             opened: Instant::now(),
             started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
+            head: AtomicU64::new(1),
         }
     }
 
     fn requests_started(&self) -> u64 {
-        self.started.load(Ordering::Acquire)
+        self.started.load(Ordering::Relaxed)
     }
 
-    /// When the connection will have been idle for `idle_timeout`; `None`
-    /// while a request is in progress.
-    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+    /// A read returned bytes: if no request is in progress and no head has
+    /// begun, a head begins now. One load per read; a store once per head.
+    fn bytes_read(&self) {
+        if self.head.load(Ordering::Relaxed) == NO_HEAD {
+            let since_open = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let head = since_open.saturating_add(1).min(REQUEST_IN_PROGRESS - 1);
+            self.head.store(head, Ordering::Relaxed);
         }
-        let idle_since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.opened + idle_since + idle_timeout)
+    }
+
+    /// When the head being read must be complete; `None` while a request is
+    /// in progress or no byte of the next head has arrived (then hyper's
+    /// timer, the idle timeout, is the only one running).
+    fn head_deadline(&self, header_read_timeout: Duration) -> Option<Instant> {
+        match self.head.load(Ordering::Relaxed) {
+            NO_HEAD | REQUEST_IN_PROGRESS => None,
+            began => Some(self.opened + Duration::from_millis(began - 1) + header_read_timeout),
+        }
+    }
+}
+
+/// The connection's socket, telling [`Activity`] when a read returns bytes.
+struct WatchedStream {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -231,8 +380,9 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> Self {
-        activity.started.fetch_add(1, Ordering::AcqRel);
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.head.store(REQUEST_IN_PROGRESS, Ordering::Relaxed);
         Self(Arc::clone(activity))
     }
 }
@@ -240,9 +390,10 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
-        let elapsed = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.store(elapsed, Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // The next head's clock starts at its first byte.
+            activity.head.store(NO_HEAD, Ordering::Relaxed);
+        }
     }
 }
 

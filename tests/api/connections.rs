@@ -199,9 +199,9 @@ async fn stalled_request_heads_never_delay_health_or_api_requests_and_are_closed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_secs_and_a_busy_one_stays_open()
 {
-    // The header-read timeout (hyper's, which also runs between keep-alive
-    // requests) is far longer than the idle timeout: only the latter can
-    // close the idle connection in time.
+    // The header-read timeout is far longer than the idle timeout: only the
+    // idle timeout (hyper's timer between keep-alive requests) can close the
+    // idle connection in time.
     let app = spawn_app_with(Backend::Sqlite, |serve| {
         serve.idle_timeout_secs = 1;
         serve.header_read_timeout_ms = 20_000;
@@ -252,6 +252,110 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout_secs_and_a_b
         "closed after {closed:?}"
     );
     busy.await.expect("the busy connection was closed");
+}
+
+/// Settings of the keep-alive tests: a short header-read timeout and a
+/// longer idle timeout, as in production (10 s and 60 s).
+const KEEP_ALIVE_HEADER_READ_TIMEOUT_MS: u64 = 1_000;
+const KEEP_ALIVE_IDLE_TIMEOUT_SECS: u64 = 4;
+
+/// An app with the keep-alive tests' settings.
+async fn spawn_keep_alive_app() -> TestApp {
+    spawn_app_with(Backend::Sqlite, |serve| {
+        serve.header_read_timeout_ms = KEEP_ALIVE_HEADER_READ_TIMEOUT_MS;
+        serve.idle_timeout_secs = KEEP_ALIVE_IDLE_TIMEOUT_SECS;
+    })
+    .await
+}
+
+/// Sends `/healthz` on `stream` and checks that it is answered `200`.
+async fn healthz_on(stream: &mut TcpStream, what: &str) {
+    let sent = stream.write_all(HEALTHZ).await;
+    assert!(sent.is_ok(), "{what}: cannot send: {sent:?}");
+    let answer = read_healthz_response(stream, Duration::from_secs(5)).await;
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|answer| answer.starts_with("HTTP/1.1 200")),
+        "{what}: {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_longer_than_the_header_read_timeout_is_reused_until_idle_timeout_secs()
+ {
+    let app = spawn_keep_alive_app().await;
+    let addr = socket_addr(&app);
+    let header_read_timeout = Duration::from_millis(KEEP_ALIVE_HEADER_READ_TIMEOUT_MS);
+    let idle_timeout = Duration::from_secs(KEEP_ALIVE_IDLE_TIMEOUT_SECS);
+    let idle_for = Duration::from_millis(2_500);
+    assert!(header_read_timeout < idle_for && idle_for < idle_timeout);
+
+    let mut stream = connect_and_send(&addr, b"").await;
+    healthz_on(&mut stream, "first request").await;
+    // Idle for longer than the header-read timeout: only the idle timeout
+    // applies between requests.
+    tokio::time::sleep(idle_for).await;
+    healthz_on(
+        &mut stream,
+        "second request on the same connection, after 2.5 s idle",
+    )
+    .await;
+    let answered_at = Instant::now();
+    let closed = wait_for_close(&mut stream, idle_timeout + Duration::from_secs(10))
+        .await
+        .map(|closed| closed - answered_at);
+    println!(
+        "keep-alive connection reused after {idle_for:?} idle, then closed {closed:?} after its last answer"
+    );
+    let closed = closed.expect("the idle connection is still open 14 s after its last answer");
+    assert!(
+        closed >= idle_timeout.saturating_sub(Duration::from_millis(100)),
+        "closed after {closed:?}"
+    );
+    assert!(
+        closed <= idle_timeout + CLOSE_SLACK,
+        "closed after {closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_keep_alive_connection_a_head_must_be_complete_within_the_header_read_timeout_of_its_first_byte()
+ {
+    let app = spawn_keep_alive_app().await;
+    let addr = socket_addr(&app);
+    let header_read_timeout = Duration::from_millis(KEEP_ALIVE_HEADER_READ_TIMEOUT_MS);
+
+    let mut stream = connect_and_send(&addr, b"").await;
+    healthz_on(&mut stream, "first request").await;
+    let answered_at = Instant::now();
+    // Idle for longer than the header-read timeout, then half a head.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let sent = stream.write_all(HALF_HEAD).await;
+    let first_byte_at = Instant::now();
+    assert!(
+        sent.is_ok(),
+        "closed while idle, {:?} after its answer: {sent:?}",
+        first_byte_at - answered_at
+    );
+    let closed = wait_for_close(&mut stream, Duration::from_secs(10))
+        .await
+        .map(|closed| closed - first_byte_at);
+    println!(
+        "half a head sent {:?} after the answer; closed {closed:?} after its first byte",
+        first_byte_at - answered_at
+    );
+    let closed = closed.expect("the connection is still open 10 s after half a head");
+    assert!(
+        closed >= header_read_timeout.saturating_sub(Duration::from_millis(100)),
+        "closed after {closed:?}"
+    );
+    // Well before the idle timeout (4 s after the answer, 2.5 s after the
+    // first byte) would have closed it.
+    assert!(
+        closed <= header_read_timeout + CLOSE_SLACK,
+        "closed after {closed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
