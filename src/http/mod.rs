@@ -61,6 +61,8 @@ pub struct AppServices {
     pub export_max_rows: u64,
     /// The OpenAPI document, serialized once.
     pub openapi_json: Arc<str>,
+    /// The last `/readyz` outcome.
+    pub(crate) readiness: ops::Readiness,
 }
 
 /// Settings of the layers around the routes.
@@ -123,6 +125,7 @@ pub fn router(
         rate_limiter,
         export_max_rows,
         openapi_json: openapi_json.into(),
+        readiness: ops::Readiness::default(),
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     let layered = service_routes
