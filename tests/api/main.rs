@@ -33,6 +33,7 @@ mod concurrency;
 mod create;
 mod errors;
 mod export;
+mod flood;
 mod get;
 mod limits;
 mod list;
