@@ -16,6 +16,8 @@ use rand::distr::Alphanumeric;
 use serde_json::json;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
 
 use crate::binary::free_port;
 use crate::cli::llm_feedback_on;
@@ -255,7 +257,10 @@ async fn a_flood_of_random_keys_leaves_a_valid_caller_fast_and_memory_bounded(ba
     let rss_before = rss_kib(server.pid());
     let cpu_before = cpu_ticks(server.pid());
 
-    let flood = Flood::start(&entry);
+    let flood = Flood::start(
+        server.base.trim_start_matches("http://"),
+        "/api/v1/llm/feedback/completions/chatcmpl-flood",
+    );
     let started = Instant::now();
     let mut during = run_valid_caller(&entry, &secret, server.pid(), FLOOD_FOR).await;
     let flood = flood.stop().await;
@@ -299,6 +304,47 @@ async fn a_flood_of_random_keys_leaves_a_valid_caller_fast_and_memory_bounded(ba
     assert!(flood.unauthorized > 1000, "{figures}");
 }
 
+/// One keep-alive `GET` with a new random key on a connection of its own:
+/// hand-written HTTP/1.1, so that the load generator spends as little of
+/// the machine's CPU as it can (the server gets the rest).
+async fn get_with_random_key(
+    stream: &mut BufStream<TcpStream>,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\n\r\n",
+        random_key()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
+    let mut line = String::new();
+    stream.read_line(&mut line).await?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("status line {line:?}")))?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().map_err(std::io::Error::other)?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// What the flood saw.
 struct FloodCounts {
     sent: u64,
@@ -306,8 +352,8 @@ struct FloodCounts {
     failed: u64,
 }
 
-/// [`FLOOD_CONNECTIONS`] tasks sending `GET url` with a new random key each
-/// time, each waiting for its answer before the next.
+/// [`FLOOD_CONNECTIONS`] keep-alive connections sending `GET` with a new
+/// random key each time, each waiting for its answer before the next.
 struct Flood {
     stop: Arc<AtomicBool>,
     counts: Arc<[AtomicU64; 3]>,
@@ -315,27 +361,28 @@ struct Flood {
 }
 
 impl Flood {
-    fn start(url: &str) -> Self {
+    /// `addr` is `127.0.0.1:PORT`, `path` what to `GET`.
+    fn start(addr: &str, path: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(FLOOD_CONNECTIONS)
-            .build()
-            .expect("HTTP client");
         let tasks = (0..FLOOD_CONNECTIONS)
             .map(|_| {
                 let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
-                let (client, url) = (client.clone(), url.to_owned());
+                let (addr, path) = (addr.to_owned(), path.to_owned());
                 tokio::spawn(async move {
                     let [sent, unauthorized, failed] = &*counts;
+                    let mut connection = None;
                     while !stop.load(Ordering::Relaxed) {
-                        let Ok(reply) = client.get(&url).bearer_auth(random_key()).send().await
-                        else {
+                        if connection.is_none() {
+                            connection = TcpStream::connect(&addr).await.ok().map(BufStream::new);
+                        }
+                        let Some(stream) = connection.as_mut() else {
                             continue;
                         };
-                        let status = reply.status().as_u16();
-                        let text = reply.text().await.unwrap_or_default();
+                        let Ok((status, body)) = get_with_random_key(stream, &path).await else {
+                            connection = None;
+                            continue;
+                        };
                         sent.fetch_add(1, Ordering::Relaxed);
                         match status {
                             401 => {
@@ -343,10 +390,10 @@ impl Flood {
                             }
                             500.. => {
                                 if failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                                    eprintln!("a random key got {status}: {text}");
+                                    eprintln!("a random key got {status}: {body}");
                                 }
                             }
-                            other => panic!("a random key got {other}: {text}"),
+                            other => panic!("a random key got {other}: {body}"),
                         }
                     }
                 })
