@@ -1,24 +1,27 @@
 //! API keys: generation, hashing, verification with a short-lived cache, and
 //! the `Caller` that authenticated requests carry.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::feedback::{EndUserId, FieldError, Scope, TenantId};
 use crate::http::{AppError, AppState};
 use crate::store::{NewApiKey, Store, StoreError};
-use crate::telemetry::{AUTH_FAILURES, RequestContext};
+use crate::telemetry::{AUTH_FAILURES, KEY_LOOKUPS, RequestContext};
 
 /// Every generated secret starts with this, so leaked keys are recognisable
 /// (secret scanners, logs).
@@ -31,11 +34,25 @@ const SHOWN_PREFIX_CHARS: usize = 12;
 pub const MIN_SECRET_CHARS: usize = 32;
 /// See [`MIN_SECRET_CHARS`].
 pub const MAX_SECRET_CHARS: usize = 256;
-/// How long a verified (or rejected) key is trusted without asking the
-/// database: a revoked key stops working within this time plus one query.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(3);
-/// Distinct keys remembered at once; bounds memory under a flood of bad keys.
-const KEY_CACHE_CAPACITY: u64 = 10_000;
+/// How often the set of active keys is reloaded from the store.
+pub const KEY_SET_REFRESH: Duration = Duration::from_secs(2);
+/// How long a verified key is trusted without the database answering: the
+/// in-memory key set is not used once its last load began longer ago than
+/// this, so a revoked key stops working within this time on every replica,
+/// even one that cannot reach the database.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(4);
+/// Database lookups of keys that are not in the key set (created since the
+/// last load, revoked, or made up), per second and process; also the burst.
+/// Beyond it such keys are refused from memory.
+const LOOKUPS_PER_SECOND: NonZeroU32 = NonZeroU32::new(10).expect("non-zero");
+/// Of those lookups, how many may wait for the database at once: at most
+/// this many pool connections ever serve keys missing from the set.
+const LOOKUP_SLOTS: usize = 2;
+/// A lookup not answered within this time is `503` (API.md: "within about
+/// 2 seconds"; the pool's acquire timeout usually answers first).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Outcomes of those lookups remembered at once (for [`KEY_SET_REFRESH`]).
+const LOOKUP_CACHE_CAPACITY: u64 = 10_000;
 
 /// A freshly generated key: the secret, to show once, and what is stored.
 #[derive(Debug)]
@@ -102,44 +119,197 @@ pub struct KeyIdentity {
     pub tenant: TenantId,
 }
 
-/// Verifies bearer secrets against the store, remembering answers briefly so
-/// that the hot path costs no database round trip.
+/// Verifies bearer secrets: against an in-memory set of the active keys'
+/// hashes, reloaded every [`KEY_SET_REFRESH`], so that neither a valid key
+/// nor a made-up one costs a database round trip; a key missing from the set
+/// is looked up within a small budget (see README, "How keys are verified").
 #[derive(Clone)]
 pub struct Authenticator {
+    shared: Arc<Verifier>,
+}
+
+struct Verifier {
     store: Arc<dyn Store>,
-    cache: Cache<String, Option<Arc<KeyIdentity>>>,
+    keys: RwLock<KeySet>,
+    /// Outcomes of lookups of keys missing from the set; concurrent lookups
+    /// of one key share a single query.
+    lookups: Cache<String, Option<Arc<KeyIdentity>>>,
+    /// The lookups' budget: per second, and at once.
+    budget: DefaultDirectRateLimiter,
+    slots: Semaphore,
+}
+
+/// The active keys by hash, as of one query.
+#[derive(Default)]
+struct KeySet {
+    by_hash: HashMap<String, Arc<KeyIdentity>>,
+    /// When the query that loaded it began; `None` until the first load.
+    loaded_at: Option<Instant>,
+}
+
+impl KeySet {
+    fn is_fresh(&self) -> bool {
+        self.loaded_at
+            .is_some_and(|loaded| loaded.elapsed() < KEY_CACHE_TTL)
+    }
+}
+
+/// Why a key missing from the set was not looked up.
+#[derive(Debug)]
+enum LookupError {
+    OverBudget,
+    Store(StoreError),
+    TimedOut,
 }
 
 impl Authenticator {
-    /// An authenticator over `store`.
+    /// An authenticator over `store`. Must be called within a Tokio runtime:
+    /// it starts the task that reloads the key set (the first load at once),
+    /// which ends once the authenticator is dropped.
     #[must_use]
     pub fn new(store: Arc<dyn Store>) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(KEY_CACHE_CAPACITY)
-            .time_to_live(KEY_CACHE_TTL)
-            .build();
-        Self { store, cache }
+        let shared = Arc::new(Verifier {
+            store,
+            keys: RwLock::new(KeySet::default()),
+            lookups: Cache::builder()
+                .max_capacity(LOOKUP_CACHE_CAPACITY)
+                .time_to_live(KEY_SET_REFRESH)
+                .build(),
+            budget: RateLimiter::direct(Quota::per_second(LOOKUPS_PER_SECOND)),
+            slots: Semaphore::new(LOOKUP_SLOTS),
+        });
+        tokio::spawn(reload_key_set(Arc::downgrade(&shared)));
+        Self { shared }
     }
 
     /// The identity of an active key, `None` for unknown or revoked ones.
-    /// Concurrent misses for one key share a single query and its error.
-    pub async fn verify(&self, secret: &str) -> Result<Option<Arc<KeyIdentity>>, Arc<StoreError>> {
+    ///
+    /// A key in the (fresh) set costs no I/O. Any other key is looked up in
+    /// the store, if the lookup budget allows; if it does not, the key is
+    /// refused (`None`) while the set is fresh, and `503` otherwise (the
+    /// database has not answered for a while: we cannot tell).
+    pub async fn verify(&self, secret: &str) -> Result<Option<Arc<KeyIdentity>>, AppError> {
         if check_secret(secret).is_err() {
             return Ok(None);
         }
         let hash = hash_secret(secret);
-        // Store errors are not cached: the next request asks again.
-        self.cache
+        let fresh = {
+            let keys = self
+                .shared
+                .keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let fresh = keys.is_fresh();
+            if let Some(identity) = keys.by_hash.get(&hash).filter(|_| fresh) {
+                return Ok(Some(Arc::clone(identity)));
+            }
+            fresh
+        };
+        let shared = &self.shared;
+        // Errors are not cached: the next request asks again.
+        let outcome = shared
+            .lookups
             .try_get_with(hash.clone(), async {
-                let record = self.store.find_api_key(&hash).await?;
-                Ok::<_, StoreError>(record.filter(|r| !r.is_revoked()).map(|r| {
-                    Arc::new(KeyIdentity {
-                        key_id: r.id,
-                        tenant: r.tenant,
-                    })
-                }))
+                // A slot first, so that a lookup refused for want of one
+                // spends no token.
+                let Ok(_slot) = shared.slots.try_acquire() else {
+                    return Err(LookupError::OverBudget);
+                };
+                if shared.budget.check().is_err() {
+                    return Err(LookupError::OverBudget);
+                }
+                let record = tokio::time::timeout(LOOKUP_TIMEOUT, shared.store.find_api_key(&hash))
+                    .await
+                    .map_err(|_| LookupError::TimedOut);
+                let outcome = match &record {
+                    Ok(Ok(Some(record))) if !record.is_revoked() => "found",
+                    Ok(Ok(_)) => "not_found",
+                    _ => "error",
+                };
+                metrics::counter!(KEY_LOOKUPS, "outcome" => outcome).increment(1);
+                Ok(record?
+                    .map_err(LookupError::Store)?
+                    .filter(|r| !r.is_revoked())
+                    .map(|r| {
+                        Arc::new(KeyIdentity {
+                            key_id: r.id,
+                            tenant: r.tenant,
+                        })
+                    }))
             })
-            .await
+            .await;
+        match outcome {
+            Ok(identity) => Ok(identity),
+            Err(err) => match &*err {
+                LookupError::OverBudget => {
+                    metrics::counter!(KEY_LOOKUPS, "outcome" => "over_budget").increment(1);
+                    if fresh {
+                        Ok(None)
+                    } else {
+                        Err(AppError::Unavailable(
+                            "cannot verify the API key: the key set is stale and the lookup budget is spent"
+                                .to_owned(),
+                        ))
+                    }
+                }
+                LookupError::Store(err) => Err(AppError::from(err)),
+                LookupError::TimedOut => Err(AppError::Unavailable(format!(
+                    "API key lookup: no answer within {} s",
+                    LOOKUP_TIMEOUT.as_secs()
+                ))),
+            },
+        }
+    }
+}
+
+/// Reloads the key set every [`KEY_SET_REFRESH`] (from the start of one
+/// load to the start of the next) for as long as the authenticator lives.
+async fn reload_key_set(verifier: Weak<Verifier>) {
+    let mut failing = false;
+    loop {
+        let Some(shared) = verifier.upgrade() else {
+            return;
+        };
+        let started = Instant::now();
+        // Bounded, so that a hung query cannot stop the reloads.
+        match tokio::time::timeout(KEY_CACHE_TTL, shared.store.active_api_keys()).await {
+            Ok(Ok(active)) => {
+                let by_hash: HashMap<String, Arc<KeyIdentity>> = active
+                    .into_iter()
+                    .map(|key| {
+                        let identity = Arc::new(KeyIdentity {
+                            key_id: key.id,
+                            tenant: key.tenant,
+                        });
+                        (key.secret_hash, identity)
+                    })
+                    .collect();
+                let count = by_hash.len();
+                *shared.keys.write().unwrap_or_else(PoisonError::into_inner) = KeySet {
+                    by_hash,
+                    loaded_at: Some(started),
+                };
+                if failing {
+                    tracing::info!(keys = count, "the API key set is loaded again");
+                    failing = false;
+                }
+            }
+            outcome => {
+                if !failing {
+                    let error = match outcome {
+                        Ok(Err(err)) => err.to_string(),
+                        _ => format!("no answer within {} s", KEY_CACHE_TTL.as_secs()),
+                    };
+                    tracing::warn!(
+                        %error,
+                        "cannot reload the API key set; keys are looked up one by one until it is"
+                    );
+                    failing = true;
+                }
+            }
+        }
+        drop(shared);
+        tokio::time::sleep_until((started + KEY_SET_REFRESH).into()).await;
     }
 }
 
@@ -178,14 +348,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// Authenticates every request under `/api/v1` before anything else about
 /// it is looked at, then reads `X-On-Behalf-Of`.
-pub(crate) async fn require_api_key(
+pub(crate) async fn require_api_key<F, Fut>(
     state: &AppState,
     mut request: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+    next: F,
+) -> Result<Response, AppError>
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let path = request.uri().path();
     if !(path == "/api/v1" || path.starts_with("/api/v1/")) {
-        return Ok(next.run(request).await);
+        return Ok(next(request).await);
     }
     let Some(secret) = bearer_secret(request.headers()) else {
         let reason = if request.headers().contains_key(AUTHORIZATION) {
@@ -196,18 +370,14 @@ pub(crate) async fn require_api_key(
         metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
         return Err(AppError::Unauthorized);
     };
-    let verified = state
-        .authenticator
-        .verify(secret)
-        .await
-        .map_err(|shared| AppError::from(&*shared))?;
+    let verified = state.authenticator.verify(secret).await?;
     let Some(key) = verified else {
         metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
         return Err(AppError::Unauthorized);
     };
     RequestContext::record_tenant(&key);
     let mut response = match admit(state, &key, &mut request) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => next(request).await,
         Err(err) => err.into_response(),
     };
     // For the request's log line, written after the response.

@@ -110,7 +110,7 @@ async fn run_keys_on(command: KeysCommand, store: &dyn Store) -> Result<(), Comm
         KeysCommand::Revoke { key_id } => match store.revoke_api_key(&key_id).await? {
             Revocation::Revoked => eprintln!(
                 "revoked {key_id}; servers stop accepting it within {} seconds",
-                auth::KEY_CACHE_TTL.as_secs() + 2
+                auth::KEY_CACHE_TTL.as_secs() + 1
             ),
             Revocation::AlreadyRevoked => eprintln!("{key_id} was already revoked"),
             Revocation::NotFound => return Err(format!("no API key with id {key_id:?}").into()),

@@ -175,6 +175,8 @@ pub const FEEDBACK_CREATED: &str = "feedback_created_total";
 pub const FEEDBACK_UPDATED: &str = "feedback_updated_total";
 /// Requests refused by authentication, by `reason`.
 pub const AUTH_FAILURES: &str = "auth_failures_total";
+/// Database lookups of keys missing from the in-memory key set, by outcome.
+pub const KEY_LOOKUPS: &str = "api_key_lookups_total";
 /// Requests refused by the per-key rate limit.
 pub const RATE_LIMITED: &str = "rate_limited_total";
 /// Requests shed because `MAX_CONCURRENT_REQUESTS` were in flight.
@@ -308,6 +310,10 @@ fn describe_metrics() {
     metrics::describe_counter!(
         AUTH_FAILURES,
         "Requests refused by authentication, by reason"
+    );
+    metrics::describe_counter!(
+        KEY_LOOKUPS,
+        "Database lookups of API keys missing from the in-memory key set, by outcome (over_budget: not looked up)"
     );
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by the per-key rate limit");
     metrics::describe_counter!(

@@ -66,6 +66,8 @@ pub struct AppServices {
     pub(crate) exports: export::ExportLimits,
     /// The OpenAPI document, serialized once.
     pub openapi_json: Arc<str>,
+    /// The last `/readyz` outcome.
+    pub(crate) readiness: ops::Readiness,
 }
 
 /// Settings of the layers around the routes.
@@ -126,6 +128,7 @@ pub fn router(
         export_max_rows,
         exports: export::ExportLimits::new(settings.request_timeout),
         openapi_json: openapi_json.into(),
+        readiness: ops::Readiness::default(),
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     let layered = service_routes
@@ -160,8 +163,10 @@ struct Guards {
     state: AppState,
 }
 
-/// The API's guards, outermost first: load shedding and the request
-/// deadline, `Connection: close` for unread bodies, authentication. One
+/// The API's guards, outermost first: `Connection: close` for unread
+/// bodies, authentication, then load shedding and the request deadline.
+/// Authentication comes before the in-flight bound so that refused
+/// credentials never hold a slot (API.md: floods of bad credentials). One
 /// layer rather than three: every `from_fn` layer costs a clone of the inner
 /// service and two boxes per request.
 async fn guard(
@@ -169,12 +174,12 @@ async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
-    limits::enforce_limits(&limits, request, move |request| {
-        connection::close_if_body_unread(request, move |request| async move {
-            auth::require_api_key(&state, request, next)
-                .await
-                .into_response()
+    connection::close_if_body_unread(request, move |request| async move {
+        auth::require_api_key(&state, request, move |request| async move {
+            limits::enforce_limits(&limits, request, move |request| next.run(request)).await
         })
+        .await
+        .into_response()
     })
     .await
 }

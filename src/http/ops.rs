@@ -1,6 +1,6 @@
 //! Operational endpoints: no key needed, never under `/api/v1`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -12,6 +12,34 @@ use crate::telemetry::{self, DB_POOL_CONNECTIONS, DB_POOL_MAX_CONNECTIONS};
 
 /// How long `/readyz` waits for the database.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one readiness outcome is served again: however often `/readyz`
+/// is called, the database is asked at most once in this time.
+const READINESS_REUSED_FOR: Duration = Duration::from_secs(1);
+
+/// The last readiness outcome and when it was known. Callers that find it
+/// too old queue on the lock, so that concurrent callers share one ping.
+#[derive(Debug, Default)]
+pub(crate) struct Readiness {
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Readiness {
+    async fn check(&self, store: &dyn crate::store::Store) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((known_at, outcome)) = &*last {
+            if known_at.elapsed() < READINESS_REUSED_FOR {
+                return outcome.clone();
+            }
+        }
+        let outcome = match tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("readiness: {err}")),
+            Err(_) => Err("readiness: the database did not answer within 1 s".to_owned()),
+        };
+        *last = Some((Instant::now(), outcome.clone()));
+        outcome
+    }
+}
 
 /// `GET /healthz`: the process is up; never touches the database.
 #[utoipa::path(
@@ -25,7 +53,8 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the database answers within a second, else 503.
+/// `GET /readyz`: 200 when the database answers within a second, else 503;
+/// an outcome is reused for a second (see [`Readiness`]).
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -34,13 +63,11 @@ pub(crate) async fn healthz() -> &'static str {
     responses((status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready"))
 )]
 pub(crate) async fn readyz(State(app): State<AppState>) -> Result<&'static str> {
-    match tokio::time::timeout(READINESS_TIMEOUT, app.store.ping()).await {
-        Ok(Ok(())) => Ok("ready"),
-        Ok(Err(err)) => Err(AppError::Unavailable(format!("readiness: {err}"))),
-        Err(_) => Err(AppError::Unavailable(
-            "readiness: the database did not answer within 1 s".to_owned(),
-        )),
-    }
+    app.readiness
+        .check(app.store.as_ref())
+        .await
+        .map(|()| "ready")
+        .map_err(AppError::Unavailable)
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -109,6 +109,30 @@ pub struct NewApiKey {
     pub secret_hash: String,
 }
 
+/// A key that authenticates: its hash and what it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveApiKey {
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+    /// Public identifier.
+    pub id: String,
+    /// The tenant it acts for.
+    pub tenant: TenantId,
+}
+
+/// `(secret_hash, id, tenant)` rows as both backends read them.
+fn into_active_keys(rows: Vec<(String, String, String)>) -> StoreResult<Vec<ActiveApiKey>> {
+    rows.into_iter()
+        .map(|(secret_hash, id, tenant)| {
+            Ok(ActiveApiKey {
+                secret_hash,
+                id,
+                tenant: TenantId::parse(tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            })
+        })
+        .collect()
+}
+
 /// An API key as listed (never the secret, never the hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -223,6 +247,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The key whose secret hashes to `secret_hash`.
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    /// Every key that is not revoked, with its hash, in one query: what
+    /// authentication checks bearer secrets against in memory.
+    async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>>;
 
     /// All keys, or those of one tenant, oldest first.
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>>;

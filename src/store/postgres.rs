@@ -10,8 +10,9 @@ use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row};
 
 use super::pool::{Pool, PoolConfig};
 use super::{
-    ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
-    PoolStats, Revocation, Store, StoreOptions, StoreResult, into_page, order_sql,
+    ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
+    FeedbackRow, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
+    into_active_keys, into_page, order_sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -362,6 +363,14 @@ impl Store for PostgresStore {
         .bind(secret_hash)
         .fetch_optional(conn))?;
         row.map(ApiKeyRecord::try_from).transpose()
+    }
+
+    async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>> {
+        let rows = run!(self.pool, |conn| sqlx::query_as(
+            "select secret_hash, id, tenant from api_keys where revoked_at is null"
+        )
+        .fetch_all(conn))?;
+        into_active_keys(rows)
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {

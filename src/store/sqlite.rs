@@ -25,8 +25,9 @@ use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::pool::{Pool, PoolConfig};
 use super::{
-    ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS, FeedbackRow, NewApiKey,
-    PoolStats, Revocation, Store, StoreError, StoreOptions, StoreResult, into_page, order_sql,
+    ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
+    FeedbackRow, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions, StoreResult,
+    into_active_keys, into_page, order_sql,
 };
 use crate::config::DatabaseUrl;
 use crate::feedback::{
@@ -376,6 +377,14 @@ impl Store for SqliteStore {
         .bind(secret_hash)
         .fetch_optional(conn))?;
         row.map(ApiKeyRecord::try_from).transpose()
+    }
+
+    async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>> {
+        let rows = run!(self.readers, |conn| sqlx::query_as(
+            "select secret_hash, id, tenant from api_keys where revoked_at is null"
+        )
+        .fetch_all(conn))?;
+        into_active_keys(rows)
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {

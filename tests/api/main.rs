@@ -34,6 +34,7 @@ mod connections;
 mod create;
 mod errors;
 mod export;
+mod flood;
 mod get;
 mod limits;
 mod list;
