@@ -26,6 +26,38 @@ macro_rules! run {
     }};
 }
 
+/// Runs `$body` in a transaction on a connection of `$pool`, commits, and
+/// gives the connection back: the one way a write that touches several rows
+/// or tables is done. `$body` sees `$tx: &mut Transaction` and may return
+/// early with `?` (the transaction is then rolled back). `transaction!(self.pool, |tx| { ...; value })?`.
+macro_rules! transaction {
+    ($pool:expr, |$tx:ident| $body:block) => {{
+        let mut conn = $pool.acquire().await?;
+        let result: sqlx::Result<_> = async {
+            let mut transaction = conn.begin().await?;
+            let outcome: sqlx::Result<_> = async {
+                let $tx = &mut transaction;
+                Ok($body)
+            }
+            .await;
+            match outcome {
+                Ok(value) => {
+                    transaction.commit().await?;
+                    Ok(value)
+                }
+                Err(err) => {
+                    // Rolled back here rather than on drop, so that the
+                    // connection is clean when it goes back to the pool.
+                    transaction.rollback().await?;
+                    Err(err)
+                }
+            }
+        }
+        .await;
+        conn.settle(result)
+    }};
+}
+
 mod pool;
 mod postgres;
 mod sqlite;

@@ -112,6 +112,7 @@ impl PostgresStore {
             max_connections: options.max_connections,
             acquire_timeout: options.acquire_timeout,
             ping_if_idle_for: Some(PING_IF_IDLE_FOR),
+            begin: None,
         });
         let mut conn = pool
             .acquire()

@@ -21,7 +21,7 @@ use sqlx::query::QueryAs;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::pool::{Pool, PoolConfig};
 use super::{
@@ -82,6 +82,10 @@ impl SqliteStore {
             max_connections: 1,
             acquire_timeout: options.acquire_timeout,
             ping_if_idle_for: None,
+            // Takes the write lock at once: a deferred transaction that reads
+            // first and writes later can fail with SQLITE_BUSY when another
+            // process (the CLI) wrote in between, whatever the busy timeout.
+            begin: Some("BEGIN IMMEDIATE"),
         });
         let mut conn = writer.acquire().await.map_err(connect_error)?;
         sqlx::migrate!("./migrations/sqlite")
@@ -101,6 +105,7 @@ impl SqliteStore {
             max_connections: options.max_connections,
             acquire_timeout: options.acquire_timeout,
             ping_if_idle_for: None,
+            begin: None,
         });
         // Opens one reader now, so that a file that cannot be read fails the
         // start rather than the first request.
@@ -399,29 +404,25 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation> {
-        // The writer pool has one connection, so nothing writes between the
-        // read and the update.
-        let mut conn = self.writer.acquire().await?;
-        let mut tx = conn.begin().await?;
-        let previous: Option<(Option<i64>,)> =
-            sqlx::query_as("select revoked_at from api_keys where id = ?1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let outcome = match previous {
-            None => Revocation::NotFound,
-            Some((Some(_),)) => Revocation::AlreadyRevoked,
-            Some((None,)) => {
-                sqlx::query("update api_keys set revoked_at = ?2 where id = ?1")
+        let outcome = transaction!(self.writer, |tx| {
+            let previous: Option<(Option<i64>,)> =
+                sqlx::query_as("select revoked_at from api_keys where id = ?1")
                     .bind(id)
-                    .bind(now_millis())
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
-                Revocation::Revoked
+            match previous {
+                None => Revocation::NotFound,
+                Some((Some(_),)) => Revocation::AlreadyRevoked,
+                Some((None,)) => {
+                    sqlx::query("update api_keys set revoked_at = ?2 where id = ?1")
+                        .bind(id)
+                        .bind(now_millis())
+                        .execute(&mut **tx)
+                        .await?;
+                    Revocation::Revoked
+                }
             }
-        };
-        tx.commit().await?;
-        conn.release();
+        })?;
         Ok(outcome)
     }
 
