@@ -62,13 +62,14 @@ mod pool;
 mod postgres;
 mod sqlite;
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::config::DatabaseUrl;
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
@@ -203,6 +204,25 @@ pub struct PoolStats {
     pub max: u32,
 }
 
+/// What a create did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insertion {
+    /// The entry was stored, as it now reads.
+    Inserted(Feedback),
+    /// An entry with that `(tenant, kind, id)` existed: nothing was changed.
+    AlreadyExists,
+}
+
+/// What an update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The entry was changed, as it now reads.
+    Updated(Feedback),
+    /// No entry is visible in scope under that key: nothing was changed.
+    NotFound,
+    // Conditional writes (`If-Match`) add `PreconditionFailed` here.
+}
+
 /// What revoking a key did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
@@ -217,21 +237,16 @@ pub enum Revocation {
 /// The persistence interface, in domain words.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates an entry; `None` when `(tenant, kind, id)` already exists, in
-    /// which case nothing was changed.
-    async fn insert_feedback(
-        &self,
-        scope: &Scope,
-        new: &NewFeedback,
-    ) -> StoreResult<Option<Feedback>>;
+    /// Creates an entry, unless `(tenant, kind, id)` already exists.
+    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion>;
 
-    /// Applies the changes atomically; `None` when no entry is visible in scope.
+    /// Applies the changes atomically to the entry visible in scope.
     async fn update_feedback(
         &self,
         scope: &Scope,
         key: &FeedbackKey,
         changes: &FeedbackChanges,
-    ) -> StoreResult<Option<Feedback>>;
+    ) -> StoreResult<Update>;
 
     /// The entry visible in scope under that key.
     async fn find_feedback(
@@ -300,22 +315,44 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// How to connect: the URL and the pool's limits.
-#[derive(Debug, Clone)]
+/// Which database, as the store needs it.
+#[derive(Clone)]
+pub enum Database {
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+    /// The embedded store's file.
+    Sqlite(PathBuf),
+}
+
+/// How to connect: the database and the pool's limits.
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Which database.
-    pub url: DatabaseUrl,
+    pub database: Database,
+    /// The database URL without its password, for messages.
+    pub redacted_url: String,
     /// The most connections the pool opens.
     pub max_connections: u32,
     /// How long a request waits for a connection before it is answered 503.
     pub acquire_timeout: Duration,
 }
 
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the URL itself: it may carry a password.
+        f.debug_struct("StoreOptions")
+            .field("url", &self.redacted_url)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Opens the store the URL names and applies pending migrations.
 pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn Store>, ConnectError> {
-    let store: Arc<dyn Store> = match &options.url {
-        DatabaseUrl::Postgres(_) => Arc::new(PostgresStore::connect(options).await?),
-        DatabaseUrl::Sqlite(_) => Arc::new(SqliteStore::connect(options).await?),
+    let store: Arc<dyn Store> = match &options.database {
+        Database::Postgres(url) => Arc::new(PostgresStore::connect(url, options).await?),
+        Database::Sqlite(path) => Arc::new(SqliteStore::connect(path, options).await?),
     };
     Ok(store)
 }

@@ -11,8 +11,8 @@ use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row};
 use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
-    FeedbackRow, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
-    into_active_keys, into_page, order_sql,
+    FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
+    Update, into_active_keys, into_page, order_sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -99,9 +99,9 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects and applies pending migrations (an advisory lock keeps
     /// replicas that start together from migrating twice).
-    pub async fn connect(options: &StoreOptions) -> Result<Self, ConnectError> {
-        let url = options.url.redacted();
-        let connect_options = PgConnectOptions::from_str(options.url.as_str())
+    pub async fn connect(database_url: &str, options: &StoreOptions) -> Result<Self, ConnectError> {
+        let url = options.redacted_url.clone();
+        let connect_options = PgConnectOptions::from_str(database_url)
             .map_err(|source| ConnectError::Connect {
                 url: url.clone(),
                 source,
@@ -165,11 +165,7 @@ fn into_feedback(row: Option<FeedbackRow>) -> StoreResult<Option<Feedback>> {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn insert_feedback(
-        &self,
-        scope: &Scope,
-        new: &NewFeedback,
-    ) -> StoreResult<Option<Feedback>> {
+    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion> {
         // One statement: of concurrent creates of one key exactly one inserts,
         // the others see the conflict and get no row back. It announces its
         // position before taking it (see `settled_horizon`).
@@ -192,7 +188,7 @@ impl Store for PostgresStore {
             .bind(new.description.as_ref().map(Description::as_str))
             .bind(new.model.as_ref().map(ModelName::as_str))
             .fetch_optional(conn))?;
-        into_feedback(row)
+        Ok(into_feedback(row)?.map_or(Insertion::AlreadyExists, Insertion::Inserted))
     }
 
     async fn update_feedback(
@@ -200,7 +196,7 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
         changes: &FeedbackChanges,
-    ) -> StoreResult<Option<Feedback>> {
+    ) -> StoreResult<Update> {
         // One statement, each column written only when its field was present:
         // the row lock makes concurrent updates of different fields compose.
         const SQL: &str = concat!(
@@ -224,7 +220,7 @@ impl Store for PostgresStore {
             .bind(params.set_description)
             .bind(params.description)
             .fetch_optional(conn))?;
-        into_feedback(row)
+        Ok(into_feedback(row)?.map_or(Update::NotFound, Update::Updated))
     }
 
     async fn find_feedback(

@@ -13,6 +13,7 @@
 //! of such writes the WAL grew without bound (gigabytes in a minute of load,
 //! every write slower than the last) until shutdown.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,10 +27,9 @@ use sqlx::{FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
 use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
-    FeedbackRow, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions, StoreResult,
-    into_active_keys, into_page, order_sql,
+    FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions,
+    StoreResult, Update, into_active_keys, into_page, order_sql,
 };
-use crate::config::DatabaseUrl;
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
@@ -48,14 +48,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and applies pending migrations.
-    pub async fn connect(options: &StoreOptions) -> Result<Self, ConnectError> {
-        let url = options.url.redacted();
-        let DatabaseUrl::Sqlite(path) = &options.url else {
-            return Err(ConnectError::Connect {
-                url,
-                source: sqlx::Error::Configuration("not a sqlite:// URL".into()),
-            });
-        };
+    pub async fn connect(path: &Path, options: &StoreOptions) -> Result<Self, ConnectError> {
+        let url = options.redacted_url.clone();
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| ConnectError::CreateDir {
                 url: url.clone(),
@@ -175,11 +169,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_feedback(
-        &self,
-        scope: &Scope,
-        new: &NewFeedback,
-    ) -> StoreResult<Option<Feedback>> {
+    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion> {
         // The position is taken inside the statement, which holds SQLite's
         // write lock from its first step to its commit: positions follow
         // commit order, so a reader (whose snapshot holds a prefix of the
@@ -211,6 +201,7 @@ impl Store for SqliteStore {
                 .bind(new.model.as_ref().map(ModelName::as_str)),
         )
         .await
+        .map(|row| row.map_or(Insertion::AlreadyExists, Insertion::Inserted))
     }
 
     async fn update_feedback(
@@ -218,7 +209,7 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
         changes: &FeedbackChanges,
-    ) -> StoreResult<Option<Feedback>> {
+    ) -> StoreResult<Update> {
         const SQL: &str = concat!(
             "update feedback set
                  rating = case when ?5 then ?6 else rating end,
@@ -243,6 +234,7 @@ impl Store for SqliteStore {
                 .bind(now_millis()),
         )
         .await
+        .map(|row| row.map_or(Update::NotFound, Update::Updated))
     }
 
     async fn find_feedback(
