@@ -13,6 +13,15 @@ macro_rules! feedback_columns {
     };
 }
 
+/// The entry under key `($2, $3)` of tenant `$1`, if end user `$4` (or any,
+/// when `$4` is null) may see it.
+macro_rules! in_scope {
+    () => {
+        " where tenant = $1 and kind = $2 and output_id = $3
+            and (cast($4 as text) is null or end_user = $4)"
+    };
+}
+
 /// Runs one statement on a connection of `$pool` and gives the connection
 /// back: `run!(self.pool, |conn| query.fetch_one(conn))?`.
 macro_rules! run {
@@ -389,14 +398,42 @@ pub enum ConnectError {
     },
 }
 
+/// Statements both backends run as they are: sqlx binds `$N` on SQLite
+/// too, and both decode the same row types. What differs (clocks, the
+/// position of a create, batch lookups, upserts' `where true`) stays in the
+/// backend's file.
+mod sql {
+    pub(super) const FIND_FEEDBACK: &str = concat!(
+        "select ",
+        feedback_columns!(),
+        " from feedback",
+        in_scope!()
+    );
+    pub(super) const FIND_POSITION: &str =
+        concat!("select created_at, seq from feedback", in_scope!());
+    pub(super) const FIND_API_KEY: &str = "select id, tenant, name, prefix, created_at, revoked_at
+         from api_keys where secret_hash = $1";
+    pub(super) const ACTIVE_API_KEYS: &str =
+        "select secret_hash, id, tenant from api_keys where revoked_at is null";
+    pub(super) const LIST_API_KEYS: &str = "select id, tenant, name, prefix, created_at, revoked_at
+         from api_keys where cast($1 as text) is null or tenant = $1
+         order by created_at, id";
+}
+
 /// Columns of a feedback entry, for statements built at run time.
 const FEEDBACK_COLUMNS: &str = feedback_columns!();
 
 /// Entries are read in chunks of at most this many rows per query.
 pub const MAX_PAGE_ROWS: u32 = 1000;
 
+/// A point in time as a column holds it: `timestamptz` in PostgreSQL,
+/// integer milliseconds since the epoch in SQLite. Each backend file decodes
+/// its own, so that the row types below are derived once for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timestamp(DateTime<Utc>);
+
 /// A feedback row as both backends read it, before it is checked.
-#[derive(Debug)]
+#[derive(Debug, sqlx::FromRow)]
 struct FeedbackRow {
     seq: i64,
     output_id: String,
@@ -405,14 +442,14 @@ struct FeedbackRow {
     description: Option<String>,
     model: Option<String>,
     end_user: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
 }
 
 impl FeedbackRow {
     fn position(&self) -> Position {
         Position {
-            created_at: self.created_at,
+            created_at: self.created_at.0,
             seq: self.seq,
         }
     }
@@ -464,8 +501,8 @@ impl TryFrom<FeedbackRow> for Feedback {
                 .map(EndUserId::parse)
                 .transpose()
                 .map_err(corrupt)?,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
         })
     }
 }
@@ -493,13 +530,14 @@ impl<'a> From<&'a FeedbackChanges> for ChangeParams<'a> {
 }
 
 /// An API key row as both backends read it.
+#[derive(sqlx::FromRow)]
 struct ApiKeyRow {
     id: String,
     tenant: String,
     name: Option<String>,
     prefix: String,
-    created_at: DateTime<Utc>,
-    revoked_at: Option<DateTime<Utc>>,
+    created_at: Timestamp,
+    revoked_at: Option<Timestamp>,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKeyRecord {
@@ -511,8 +549,8 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
             tenant: TenantId::parse(row.tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             name: row.name,
             prefix: row.prefix,
-            created_at: row.created_at,
-            revoked_at: row.revoked_at,
+            created_at: row.created_at.0,
+            revoked_at: row.revoked_at.map(|at| at.0),
         })
     }
 }

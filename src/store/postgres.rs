@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgConnectOptions, PgTypeInfo, PgValueRef};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
     FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
-    Update, into_active_keys, into_page, order_sql,
+    Timestamp, Update, into_active_keys, into_page, order_sql, sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -130,32 +131,15 @@ impl PostgresStore {
     }
 }
 
-impl<'r> FromRow<'r, PgRow> for FeedbackRow {
-    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            seq: row.try_get("seq")?,
-            output_id: row.try_get("output_id")?,
-            kind: row.try_get("kind")?,
-            rating: row.try_get("rating")?,
-            description: row.try_get("description")?,
-            model: row.try_get("model")?,
-            end_user: row.try_get("end_user")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
+impl sqlx::Type<Postgres> for Timestamp {
+    fn type_info() -> PgTypeInfo {
+        <DateTime<Utc> as sqlx::Type<Postgres>>::type_info()
     }
 }
 
-impl<'r> FromRow<'r, PgRow> for ApiKeyRow {
-    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            tenant: row.try_get("tenant")?,
-            name: row.try_get("name")?,
-            prefix: row.try_get("prefix")?,
-            created_at: row.try_get("created_at")?,
-            revoked_at: row.try_get("revoked_at")?,
-        })
+impl<'r> sqlx::Decode<'r, Postgres> for Timestamp {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        <DateTime<Utc> as sqlx::Decode<'r, Postgres>>::decode(value).map(Self)
     }
 }
 
@@ -228,19 +212,14 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>> {
-        const SQL: &str = concat!(
-            "select ",
-            feedback_columns!(),
-            " from feedback
-             where tenant = $1 and kind = $2 and output_id = $3
-               and ($4::text is null or end_user = $4)"
-        );
-        let row = run!(self.pool, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
-            .bind(scope.tenant.as_str())
-            .bind(key.kind.as_str())
-            .bind(key.id.as_str())
-            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_optional(conn))?;
+        let row = run!(self.pool, |conn| sqlx::query_as::<_, FeedbackRow>(
+            sql::FIND_FEEDBACK
+        )
+        .bind(scope.tenant.as_str())
+        .bind(key.kind.as_str())
+        .bind(key.id.as_str())
+        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+        .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -249,17 +228,17 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Position>> {
-        let row: Option<(DateTime<Utc>, i64)> = run!(self.pool, |conn| sqlx::query_as(
-            "select created_at, seq from feedback
-             where tenant = $1 and kind = $2 and output_id = $3
-               and ($4::text is null or end_user = $4)",
-        )
-        .bind(scope.tenant.as_str())
-        .bind(key.kind.as_str())
-        .bind(key.id.as_str())
-        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-        .fetch_optional(conn))?;
-        Ok(row.map(|(created_at, seq)| Position { created_at, seq }))
+        let row: Option<(Timestamp, i64)> =
+            run!(self.pool, |conn| sqlx::query_as(sql::FIND_POSITION)
+                .bind(scope.tenant.as_str())
+                .bind(key.kind.as_str())
+                .bind(key.id.as_str())
+                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+                .fetch_optional(conn))?;
+        Ok(row.map(|(created_at, seq)| Position {
+            created_at: created_at.0,
+            seq,
+        }))
     }
 
     async fn list_feedback(
@@ -354,8 +333,7 @@ impl Store for PostgresStore {
 
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = run!(self.pool, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where secret_hash = $1",
+            sql::FIND_API_KEY
         )
         .bind(secret_hash)
         .fetch_optional(conn))?;
@@ -363,18 +341,14 @@ impl Store for PostgresStore {
     }
 
     async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>> {
-        let rows = run!(self.pool, |conn| sqlx::query_as(
-            "select secret_hash, id, tenant from api_keys where revoked_at is null"
-        )
-        .fetch_all(conn))?;
+        let rows = run!(self.pool, |conn| sqlx::query_as(sql::ACTIVE_API_KEYS)
+            .fetch_all(conn))?;
         into_active_keys(rows)
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
         let rows = run!(self.pool, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where $1::text is null or tenant = $1
-             order by created_at, id",
+            sql::LIST_API_KEYS
         )
         .bind(tenant.map(TenantId::as_str))
         .fetch_all(conn))?;

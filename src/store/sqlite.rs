@@ -18,17 +18,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::error::BoxDynError;
 use sqlx::query::QueryAs;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous, SqliteTypeInfo,
+    SqliteValueRef,
 };
-use sqlx::{FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
     FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions,
-    StoreResult, Update, into_active_keys, into_page, order_sql,
+    StoreResult, Timestamp, Update, into_active_keys, into_page, order_sql, sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -118,35 +120,16 @@ fn from_millis(millis: i64) -> sqlx::Result<DateTime<Utc>> {
         .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {millis} out of range").into()))
 }
 
-impl<'r> FromRow<'r, SqliteRow> for FeedbackRow {
-    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            seq: row.try_get("seq")?,
-            output_id: row.try_get("output_id")?,
-            kind: row.try_get("kind")?,
-            rating: row.try_get("rating")?,
-            description: row.try_get("description")?,
-            model: row.try_get("model")?,
-            end_user: row.try_get("end_user")?,
-            created_at: from_millis(row.try_get("created_at")?)?,
-            updated_at: from_millis(row.try_get("updated_at")?)?,
-        })
+impl sqlx::Type<Sqlite> for Timestamp {
+    fn type_info() -> SqliteTypeInfo {
+        <i64 as sqlx::Type<Sqlite>>::type_info()
     }
 }
 
-impl<'r> FromRow<'r, SqliteRow> for ApiKeyRow {
-    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            tenant: row.try_get("tenant")?,
-            name: row.try_get("name")?,
-            prefix: row.try_get("prefix")?,
-            created_at: from_millis(row.try_get("created_at")?)?,
-            revoked_at: row
-                .try_get::<Option<i64>, _>("revoked_at")?
-                .map(from_millis)
-                .transpose()?,
-        })
+impl<'r> sqlx::Decode<'r, Sqlite> for Timestamp {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let millis = <i64 as sqlx::Decode<'r, Sqlite>>::decode(value)?;
+        Ok(Self(from_millis(millis)?))
     }
 }
 
@@ -242,19 +225,14 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>> {
-        const SQL: &str = concat!(
-            "select ",
-            feedback_columns!(),
-            " from feedback
-             where tenant = ?1 and kind = ?2 and output_id = ?3
-               and (?4 is null or end_user = ?4)"
-        );
-        let row = run!(self.readers, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
-            .bind(scope.tenant.as_str())
-            .bind(key.kind.as_str())
-            .bind(key.id.as_str())
-            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_optional(conn))?;
+        let row = run!(self.readers, |conn| sqlx::query_as::<_, FeedbackRow>(
+            sql::FIND_FEEDBACK
+        )
+        .bind(scope.tenant.as_str())
+        .bind(key.kind.as_str())
+        .bind(key.id.as_str())
+        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+        .fetch_optional(conn))?;
         into_feedback(row)
     }
 
@@ -263,21 +241,15 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Position>> {
-        let row: Option<(i64, i64)> = run!(self.readers, |conn| sqlx::query_as(
-            "select created_at, seq from feedback
-             where tenant = ?1 and kind = ?2 and output_id = ?3
-               and (?4 is null or end_user = ?4)",
-        )
-        .bind(scope.tenant.as_str())
-        .bind(key.kind.as_str())
-        .bind(key.id.as_str())
-        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-        .fetch_optional(conn))?;
-        let Some((created_at, seq)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(Position {
-            created_at: from_millis(created_at)?,
+        let row: Option<(Timestamp, i64)> =
+            run!(self.readers, |conn| sqlx::query_as(sql::FIND_POSITION)
+                .bind(scope.tenant.as_str())
+                .bind(key.kind.as_str())
+                .bind(key.id.as_str())
+                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+                .fetch_optional(conn))?;
+        Ok(row.map(|(created_at, seq)| Position {
+            created_at: created_at.0,
             seq,
         }))
     }
@@ -368,8 +340,7 @@ impl Store for SqliteStore {
 
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where secret_hash = ?1",
+            sql::FIND_API_KEY
         )
         .bind(secret_hash)
         .fetch_optional(conn))?;
@@ -377,18 +348,14 @@ impl Store for SqliteStore {
     }
 
     async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>> {
-        let rows = run!(self.readers, |conn| sqlx::query_as(
-            "select secret_hash, id, tenant from api_keys where revoked_at is null"
-        )
-        .fetch_all(conn))?;
+        let rows = run!(self.readers, |conn| sqlx::query_as(sql::ACTIVE_API_KEYS)
+            .fetch_all(conn))?;
         into_active_keys(rows)
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
         let rows = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where ?1 is null or tenant = ?1
-             order by created_at, id",
+            sql::LIST_API_KEYS
         )
         .bind(tenant.map(TenantId::as_str))
         .fetch_all(conn))?;
