@@ -420,6 +420,34 @@ mod sql {
          order by created_at, id";
 }
 
+/// A shared statement about one entry, with the scope and key bound as
+/// `$1..$4` (see `in_scope!`): both backends run it on their own pool.
+fn scoped_query<'q, DB, O>(
+    sql: &'q str,
+    scope: &'q Scope,
+    key: &'q FeedbackKey,
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    O: for<'r> sqlx::FromRow<'r, DB::Row>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query_as(sql)
+        .bind(scope.tenant.as_str())
+        .bind(key.kind.as_str())
+        .bind(key.id.as_str())
+        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+}
+
+/// The position a `find_position` row stands for.
+fn into_position(row: Option<(Timestamp, i64)>) -> Option<Position> {
+    row.map(|(created_at, seq)| Position {
+        created_at: created_at.0,
+        seq,
+    })
+}
+
 /// Columns of a feedback entry, for statements built at run time.
 const FEEDBACK_COLUMNS: &str = feedback_columns!();
 

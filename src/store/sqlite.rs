@@ -30,7 +30,8 @@ use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
     FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions,
-    StoreResult, Timestamp, Update, into_active_keys, into_page, order_sql, sql,
+    StoreResult, Timestamp, Update, into_active_keys, into_page, into_position, order_sql,
+    scoped_query, sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -225,15 +226,8 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>> {
-        let row = run!(self.readers, |conn| sqlx::query_as::<_, FeedbackRow>(
-            sql::FIND_FEEDBACK
-        )
-        .bind(scope.tenant.as_str())
-        .bind(key.kind.as_str())
-        .bind(key.id.as_str())
-        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-        .fetch_optional(conn))?;
-        into_feedback(row)
+        let query = scoped_query::<_, FeedbackRow>(sql::FIND_FEEDBACK, scope, key);
+        into_feedback(run!(self.readers, |conn| query.fetch_optional(conn))?)
     }
 
     async fn find_position(
@@ -241,17 +235,10 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Position>> {
-        let row: Option<(Timestamp, i64)> =
-            run!(self.readers, |conn| sqlx::query_as(sql::FIND_POSITION)
-                .bind(scope.tenant.as_str())
-                .bind(key.kind.as_str())
-                .bind(key.id.as_str())
-                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-                .fetch_optional(conn))?;
-        Ok(row.map(|(created_at, seq)| Position {
-            created_at: created_at.0,
-            seq,
-        }))
+        let query = scoped_query(sql::FIND_POSITION, scope, key);
+        Ok(into_position(
+            run!(self.readers, |conn| query.fetch_optional(conn))?
+        ))
     }
 
     async fn list_feedback(
