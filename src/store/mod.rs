@@ -440,6 +440,42 @@ where
         .bind(scope.end_user.as_ref().map(EndUserId::as_str))
 }
 
+/// `where` conditions shared by listings and counts: scope, filter, snapshot.
+/// Conditions are left out rather than written `$n is null or ...`, so that
+/// each combination gets a plan that uses its index.
+fn push_list_conditions<'a, DB>(
+    query: &mut sqlx::QueryBuilder<'a, DB>,
+    scope: &Scope,
+    filter: FeedbackFilter,
+    until: Option<Position>,
+) where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Timestamp: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    query.push(" where tenant = ");
+    query.push_bind(scope.tenant.as_str().to_owned());
+    query.push(" and kind = ");
+    query.push_bind(filter.kind.as_str());
+    if let Some(user) = &scope.end_user {
+        query.push(" and end_user = ");
+        query.push_bind(user.as_str().to_owned());
+    }
+    if let Some(rating) = filter.rating {
+        query.push(" and rating = ");
+        query.push_bind(rating.as_str());
+    }
+    if let Some(until) = until {
+        query.push(" and (created_at, seq) <= (");
+        query.push_bind(Timestamp(until.created_at));
+        query.push(", ");
+        query.push_bind(until.seq);
+        query.push(")");
+    }
+}
+
 /// The position a `find_position` row stands for.
 fn into_position(row: Option<(Timestamp, i64)>) -> Option<Position> {
     row.map(|(created_at, seq)| Position {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgConnectOptions, PgTypeInfo, PgValueRef};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
@@ -13,7 +14,8 @@ use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
     FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
-    Timestamp, Update, into_active_keys, into_page, into_position, order_sql, scoped_query, sql,
+    Timestamp, Update, into_active_keys, into_page, into_position, order_sql, push_list_conditions,
+    scoped_query, sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -137,6 +139,15 @@ impl sqlx::Type<Postgres> for Timestamp {
     }
 }
 
+impl<'q> sqlx::Encode<'q, Postgres> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Postgres as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> Result<IsNull, BoxDynError> {
+        <DateTime<Utc> as sqlx::Encode<'q, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
 impl<'r> sqlx::Decode<'r, Postgres> for Timestamp {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
         <DateTime<Utc> as sqlx::Decode<'r, Postgres>>::decode(value).map(Self)
@@ -248,7 +259,7 @@ impl Store for PostgresStore {
         }
         if let Some(after) = page.after {
             query.push(format!(" and (created_at, seq) {beyond} ("));
-            query.push_bind(after.created_at);
+            query.push_bind(Timestamp(after.created_at));
             query.push(", ");
             query.push_bind(after.seq);
             query.push(")");
@@ -370,35 +381,5 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-/// `where` conditions shared by listings and counts: scope, filter, snapshot.
-fn push_list_conditions(
-    query: &mut QueryBuilder<'_, Postgres>,
-    scope: &Scope,
-    filter: FeedbackFilter,
-    until: Option<Position>,
-) {
-    query.push(" where tenant = ");
-    query.push_bind(scope.tenant.as_str().to_owned());
-    query.push(" and kind = ");
-    query.push_bind(filter.kind.as_str());
-    // Conditions are left out rather than written `$n is null or ...`, so
-    // that each combination gets a plan that uses its index.
-    if let Some(user) = &scope.end_user {
-        query.push(" and end_user = ");
-        query.push_bind(user.as_str().to_owned());
-    }
-    if let Some(rating) = filter.rating {
-        query.push(" and rating = ");
-        query.push_bind(rating.as_str());
-    }
-    if let Some(until) = until {
-        query.push(" and (created_at, seq) <= (");
-        query.push_bind(until.created_at);
-        query.push(", ");
-        query.push_bind(until.seq);
-        query.push(")");
     }
 }

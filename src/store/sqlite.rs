@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::query::QueryAs;
 use sqlx::sqlite::{
@@ -31,7 +32,7 @@ use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
     FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions,
     StoreResult, Timestamp, Update, into_active_keys, into_page, into_position, order_sql,
-    scoped_query, sql,
+    push_list_conditions, scoped_query, sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -124,6 +125,15 @@ fn from_millis(millis: i64) -> sqlx::Result<DateTime<Utc>> {
 impl sqlx::Type<Sqlite> for Timestamp {
     fn type_info() -> SqliteTypeInfo {
         <i64 as sqlx::Type<Sqlite>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, Sqlite> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> Result<IsNull, BoxDynError> {
+        <i64 as sqlx::Encode<'q, Sqlite>>::encode_by_ref(&self.0.timestamp_millis(), buf)
     }
 }
 
@@ -251,7 +261,7 @@ impl Store for SqliteStore {
         push_list_conditions(&mut query, scope, page.filter, page.until);
         if let Some(after) = page.after {
             query.push(format!(" and (created_at, seq) {beyond} ("));
-            query.push_bind(after.created_at.timestamp_millis());
+            query.push_bind(Timestamp(after.created_at));
             query.push(", ");
             query.push_bind(after.seq);
             query.push(")");
@@ -397,33 +407,5 @@ impl Store for SqliteStore {
             tracing::warn!(error = %err, "could not checkpoint the SQLite WAL");
         }
         self.writer.close().await;
-    }
-}
-
-/// `where` conditions shared by listings and counts: scope, filter, snapshot.
-fn push_list_conditions(
-    query: &mut QueryBuilder<'_, Sqlite>,
-    scope: &Scope,
-    filter: FeedbackFilter,
-    until: Option<Position>,
-) {
-    query.push(" where tenant = ");
-    query.push_bind(scope.tenant.as_str().to_owned());
-    query.push(" and kind = ");
-    query.push_bind(filter.kind.as_str());
-    if let Some(user) = &scope.end_user {
-        query.push(" and end_user = ");
-        query.push_bind(user.as_str().to_owned());
-    }
-    if let Some(rating) = filter.rating {
-        query.push(" and rating = ");
-        query.push_bind(rating.as_str());
-    }
-    if let Some(until) = until {
-        query.push(" and (created_at, seq) <= (");
-        query.push_bind(until.created_at.timestamp_millis());
-        query.push(", ");
-        query.push_bind(until.seq);
-        query.push(")");
     }
 }
