@@ -476,6 +476,28 @@ fn push_list_conditions<'a, DB>(
     }
 }
 
+/// How many entries match, at most `at_most`, at or before `until`.
+fn count_query<'a, DB>(
+    scope: &Scope,
+    filter: FeedbackFilter,
+    until: Position,
+    at_most: u64,
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Timestamp: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new("select count(*) from (select 1 from feedback");
+    push_list_conditions(&mut query, scope, filter, Some(until));
+    query.push(" limit ");
+    query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
+    query.push(") as capped");
+    query
+}
+
 /// The position a `find_position` row stands for.
 fn into_position(row: Option<(Timestamp, i64)>) -> Option<Position> {
     row.map(|(created_at, seq)| Position {

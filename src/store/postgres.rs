@@ -14,8 +14,8 @@ use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
     FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
-    Timestamp, Update, into_active_keys, into_page, into_position, order_sql, push_list_conditions,
-    scoped_query, sql,
+    Timestamp, Update, count_query, into_active_keys, into_page, into_position, order_sql,
+    push_list_conditions, scoped_query, sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -281,11 +281,7 @@ impl Store for PostgresStore {
         until: Position,
         at_most: u64,
     ) -> StoreResult<u64> {
-        let mut query = QueryBuilder::new("select count(*) from (select 1 from feedback");
-        push_list_conditions(&mut query, scope, filter, Some(until));
-        query.push(" limit ");
-        query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
-        query.push(") as capped");
+        let mut query = count_query(scope, filter, until, at_most);
         let (count,): (i64,) = run!(self.pool, |conn| query.build_query_as().fetch_one(conn))?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
