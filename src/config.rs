@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::store::StoreOptions;
+use crate::store::{Database, StoreOptions};
 
 /// Records end users' thumbs up/down and comments on LLM outputs.
 #[derive(Debug, Parser)]
@@ -219,8 +219,13 @@ impl DatabaseArgs {
     /// Settings for `store::connect`.
     #[must_use]
     pub fn store_options(&self) -> StoreOptions {
+        let database = match &self.database_url {
+            DatabaseUrl::Postgres(url) => Database::Postgres(url.clone()),
+            DatabaseUrl::Sqlite(path) => Database::Sqlite(path.clone()),
+        };
         StoreOptions {
-            url: self.database_url.clone(),
+            database,
+            redacted_url: self.database_url.redacted(),
             max_connections: self.database_max_connections,
             acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
         }

@@ -17,6 +17,7 @@ use crate::feedback::{
     Description, Feedback, FeedbackChanges, FeedbackKey, FieldError, ModelName, NewFeedback,
     OutputId, OutputKind, Patch, Rating,
 };
+use crate::store::{Insertion, Update};
 use crate::telemetry::{FEEDBACK_CREATED, FEEDBACK_UPDATED};
 
 /// A new feedback entry (the body of create).
@@ -188,11 +189,9 @@ pub(crate) async fn create_feedback(
     ApiJson(body): ApiJson<CreateFeedbackBody>,
 ) -> Result<(StatusCode, Json<FeedbackResponse>)> {
     let new = body.parse(kind)?;
-    let entry = app
-        .store
-        .insert_feedback(&caller.scope(), &new)
-        .await?
-        .ok_or(AppError::Conflict)?;
+    let Insertion::Inserted(entry) = app.store.insert_feedback(&caller.scope(), &new).await? else {
+        return Err(AppError::Conflict);
+    };
     count_write(FEEDBACK_CREATED, &entry);
     Ok((StatusCode::CREATED, Json(entry.into())))
 }
@@ -214,11 +213,14 @@ pub(crate) async fn update_feedback(
     ApiJson(body): ApiJson<UpdateFeedbackBody>,
 ) -> Result<Json<FeedbackResponse>> {
     let changes = FeedbackChanges::try_from(body)?;
-    let entry = app
+    let entry = match app
         .store
         .update_feedback(&caller.scope(), &key, &changes)
         .await?
-        .ok_or(AppError::NotFound(NO_SUCH_ENTRY))?;
+    {
+        Update::Updated(entry) => entry,
+        Update::NotFound => return Err(AppError::NotFound(NO_SUCH_ENTRY)),
+    };
     count_write(FEEDBACK_UPDATED, &entry);
     Ok(Json(entry.into()))
 }

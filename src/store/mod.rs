@@ -13,6 +13,15 @@ macro_rules! feedback_columns {
     };
 }
 
+/// The entry under key `($2, $3)` of tenant `$1`, if end user `$4` (or any,
+/// when `$4` is null) may see it.
+macro_rules! in_scope {
+    () => {
+        " where tenant = $1 and kind = $2 and output_id = $3
+            and (cast($4 as text) is null or end_user = $4)"
+    };
+}
+
 /// Runs one statement on a connection of `$pool` and gives the connection
 /// back: `run!(self.pool, |conn| query.fetch_one(conn))?`.
 macro_rules! run {
@@ -26,17 +35,50 @@ macro_rules! run {
     }};
 }
 
+/// Runs `$body` in a transaction on a connection of `$pool`, commits, and
+/// gives the connection back: the one way a write that touches several rows
+/// or tables is done. `$body` sees `$tx: &mut Transaction` and may return
+/// early with `?` (the transaction is then rolled back). `transaction!(self.pool, |tx| { ...; value })?`.
+macro_rules! transaction {
+    ($pool:expr, |$tx:ident| $body:block) => {{
+        let mut conn = $pool.acquire().await?;
+        let result: sqlx::Result<_> = async {
+            let mut transaction = conn.begin().await?;
+            let outcome: sqlx::Result<_> = async {
+                let $tx = &mut transaction;
+                Ok($body)
+            }
+            .await;
+            match outcome {
+                Ok(value) => {
+                    transaction.commit().await?;
+                    Ok(value)
+                }
+                Err(err) => {
+                    // Rolled back here rather than on drop, so that the
+                    // connection is clean when it goes back to the pool.
+                    transaction.rollback().await?;
+                    Err(err)
+                }
+            }
+        }
+        .await;
+        conn.settle(result)
+    }};
+}
+
 mod pool;
 mod postgres;
 mod sqlite;
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::config::DatabaseUrl;
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
@@ -171,6 +213,25 @@ pub struct PoolStats {
     pub max: u32,
 }
 
+/// What a create did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insertion {
+    /// The entry was stored, as it now reads.
+    Inserted(Feedback),
+    /// An entry with that `(tenant, kind, id)` existed: nothing was changed.
+    AlreadyExists,
+}
+
+/// What an update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// The entry was changed, as it now reads.
+    Updated(Feedback),
+    /// No entry is visible in scope under that key: nothing was changed.
+    NotFound,
+    // Conditional writes (`If-Match`) add `PreconditionFailed` here.
+}
+
 /// What revoking a key did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
@@ -185,21 +246,16 @@ pub enum Revocation {
 /// The persistence interface, in domain words.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates an entry; `None` when `(tenant, kind, id)` already exists, in
-    /// which case nothing was changed.
-    async fn insert_feedback(
-        &self,
-        scope: &Scope,
-        new: &NewFeedback,
-    ) -> StoreResult<Option<Feedback>>;
+    /// Creates an entry, unless `(tenant, kind, id)` already exists.
+    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion>;
 
-    /// Applies the changes atomically; `None` when no entry is visible in scope.
+    /// Applies the changes atomically to the entry visible in scope.
     async fn update_feedback(
         &self,
         scope: &Scope,
         key: &FeedbackKey,
         changes: &FeedbackChanges,
-    ) -> StoreResult<Option<Feedback>>;
+    ) -> StoreResult<Update>;
 
     /// The entry visible in scope under that key.
     async fn find_feedback(
@@ -268,22 +324,44 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// How to connect: the URL and the pool's limits.
-#[derive(Debug, Clone)]
+/// Which database, as the store needs it.
+#[derive(Clone)]
+pub enum Database {
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+    /// The embedded store's file.
+    Sqlite(PathBuf),
+}
+
+/// How to connect: the database and the pool's limits.
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Which database.
-    pub url: DatabaseUrl,
+    pub database: Database,
+    /// The database URL without its password, for messages.
+    pub redacted_url: String,
     /// The most connections the pool opens.
     pub max_connections: u32,
     /// How long a request waits for a connection before it is answered 503.
     pub acquire_timeout: Duration,
 }
 
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the URL itself: it may carry a password.
+        f.debug_struct("StoreOptions")
+            .field("url", &self.redacted_url)
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Opens the store the URL names and applies pending migrations.
 pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn Store>, ConnectError> {
-    let store: Arc<dyn Store> = match &options.url {
-        DatabaseUrl::Postgres(_) => Arc::new(PostgresStore::connect(options).await?),
-        DatabaseUrl::Sqlite(_) => Arc::new(SqliteStore::connect(options).await?),
+    let store: Arc<dyn Store> = match &options.database {
+        Database::Postgres(url) => Arc::new(PostgresStore::connect(url, options).await?),
+        Database::Sqlite(path) => Arc::new(SqliteStore::connect(path, options).await?),
     };
     Ok(store)
 }
@@ -320,14 +398,128 @@ pub enum ConnectError {
     },
 }
 
+/// Statements both backends run as they are: sqlx binds `$N` on SQLite
+/// too, and both decode the same row types. What differs (clocks, the
+/// position of a create, batch lookups, upserts' `where true`) stays in the
+/// backend's file.
+mod sql {
+    pub(super) const FIND_FEEDBACK: &str = concat!(
+        "select ",
+        feedback_columns!(),
+        " from feedback",
+        in_scope!()
+    );
+    pub(super) const FIND_POSITION: &str =
+        concat!("select created_at, seq from feedback", in_scope!());
+    pub(super) const FIND_API_KEY: &str = "select id, tenant, name, prefix, created_at, revoked_at
+         from api_keys where secret_hash = $1";
+    pub(super) const ACTIVE_API_KEYS: &str =
+        "select secret_hash, id, tenant from api_keys where revoked_at is null";
+    pub(super) const LIST_API_KEYS: &str = "select id, tenant, name, prefix, created_at, revoked_at
+         from api_keys where cast($1 as text) is null or tenant = $1
+         order by created_at, id";
+}
+
+/// A shared statement about one entry, with the scope and key bound as
+/// `$1..$4` (see `in_scope!`): both backends run it on their own pool.
+fn scoped_query<'q, DB, O>(
+    sql: &'q str,
+    scope: &'q Scope,
+    key: &'q FeedbackKey,
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    O: for<'r> sqlx::FromRow<'r, DB::Row>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query_as(sql)
+        .bind(scope.tenant.as_str())
+        .bind(key.kind.as_str())
+        .bind(key.id.as_str())
+        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+}
+
+/// `where` conditions shared by listings and counts: scope, filter, snapshot.
+/// Conditions are left out rather than written `$n is null or ...`, so that
+/// each combination gets a plan that uses its index.
+fn push_list_conditions<'a, DB>(
+    query: &mut sqlx::QueryBuilder<'a, DB>,
+    scope: &Scope,
+    filter: FeedbackFilter,
+    until: Option<Position>,
+) where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Timestamp: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    query.push(" where tenant = ");
+    query.push_bind(scope.tenant.as_str().to_owned());
+    query.push(" and kind = ");
+    query.push_bind(filter.kind.as_str());
+    if let Some(user) = &scope.end_user {
+        query.push(" and end_user = ");
+        query.push_bind(user.as_str().to_owned());
+    }
+    if let Some(rating) = filter.rating {
+        query.push(" and rating = ");
+        query.push_bind(rating.as_str());
+    }
+    if let Some(until) = until {
+        query.push(" and (created_at, seq) <= (");
+        query.push_bind(Timestamp(until.created_at));
+        query.push(", ");
+        query.push_bind(until.seq);
+        query.push(")");
+    }
+}
+
+/// How many entries match, at most `at_most`, at or before `until`.
+fn count_query<'a, DB>(
+    scope: &Scope,
+    filter: FeedbackFilter,
+    until: Position,
+    at_most: u64,
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Timestamp: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new("select count(*) from (select 1 from feedback");
+    push_list_conditions(&mut query, scope, filter, Some(until));
+    query.push(" limit ");
+    query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
+    query.push(") as capped");
+    query
+}
+
+/// The position a `find_position` row stands for.
+fn into_position(row: Option<(Timestamp, i64)>) -> Option<Position> {
+    row.map(|(created_at, seq)| Position {
+        created_at: created_at.0,
+        seq,
+    })
+}
+
 /// Columns of a feedback entry, for statements built at run time.
 const FEEDBACK_COLUMNS: &str = feedback_columns!();
 
 /// Entries are read in chunks of at most this many rows per query.
 pub const MAX_PAGE_ROWS: u32 = 1000;
 
+/// A point in time as a column holds it: `timestamptz` in PostgreSQL,
+/// integer milliseconds since the epoch in SQLite. Each backend file decodes
+/// its own, so that the row types below are derived once for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timestamp(DateTime<Utc>);
+
 /// A feedback row as both backends read it, before it is checked.
-#[derive(Debug)]
+#[derive(Debug, sqlx::FromRow)]
 struct FeedbackRow {
     seq: i64,
     output_id: String,
@@ -336,14 +528,14 @@ struct FeedbackRow {
     description: Option<String>,
     model: Option<String>,
     end_user: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
 }
 
 impl FeedbackRow {
     fn position(&self) -> Position {
         Position {
-            created_at: self.created_at,
+            created_at: self.created_at.0,
             seq: self.seq,
         }
     }
@@ -395,8 +587,8 @@ impl TryFrom<FeedbackRow> for Feedback {
                 .map(EndUserId::parse)
                 .transpose()
                 .map_err(corrupt)?,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
         })
     }
 }
@@ -424,13 +616,14 @@ impl<'a> From<&'a FeedbackChanges> for ChangeParams<'a> {
 }
 
 /// An API key row as both backends read it.
+#[derive(sqlx::FromRow)]
 struct ApiKeyRow {
     id: String,
     tenant: String,
     name: Option<String>,
     prefix: String,
-    created_at: DateTime<Utc>,
-    revoked_at: Option<DateTime<Utc>>,
+    created_at: Timestamp,
+    revoked_at: Option<Timestamp>,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKeyRecord {
@@ -442,8 +635,8 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
             tenant: TenantId::parse(row.tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             name: row.name,
             prefix: row.prefix,
-            created_at: row.created_at,
-            revoked_at: row.revoked_at,
+            created_at: row.created_at.0,
+            revoked_at: row.revoked_at.map(|at| at.0),
         })
     }
 }

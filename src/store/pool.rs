@@ -1,36 +1,35 @@
-//! A connection pool that costs no I/O per checkout.
+//! sqlx connections in a `deadpool` pool, with a manager that costs no I/O
+//! per checkout.
 //!
 //! sqlx's own pool (0.8) pings every connection when it is given back, from a
 //! task spawned for the purpose: one more round trip to the database for every
 //! statement, which on a busy service costs about as much CPU as the statement
-//! itself, on both sides. This pool hands connections out and takes them back
-//! without touching the network:
+//! itself, on both sides. [`Manager`] hands connections out and takes them
+//! back without touching the network:
 //!
 //! - a connection idle for at least `ping_if_idle_for` (PostgreSQL) is pinged
 //!   before use: those are the ones a database restart leaves dead. A busy
 //!   connection that died fails its statement, which answers 503;
 //! - a connection goes back to the pool only when its caller
-//!   [`settle`](PooledConnection::settle)s it after a statement that finished
-//!   (successfully or with an error the database reported). One dropped
-//!   mid-statement (the request was cancelled) or that failed at the
-//!   connection level is closed, never reused;
+//!   [`settle`](PooledConnection::settle)s it after a statement (or a
+//!   transaction) that finished, successfully or with an error the database
+//!   reported. One dropped mid-statement (the request was cancelled) or that
+//!   failed at the connection level is closed, never reused;
 //! - connections live at most [`MAX_LIFETIME`] and idle at most
 //!   [`IDLE_TIMEOUT`] (sqlx's defaults), so replicas follow a database that
 //!   fails over or shrinks back after a burst.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use deadpool::managed::{self, Metrics, Object, QueueMode, RecycleError, RecycleResult};
+use sqlx::{ConnectOptions, Connection, Transaction};
 
 use super::PoolStats;
 
 /// Connections are replaced after this long (sqlx's default).
-pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Connections idle this long are closed (sqlx's default).
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// How often idle connections are checked against the two limits above.
 const REAP_EVERY: Duration = Duration::from_secs(30);
 /// How long closing one connection may take.
@@ -48,136 +47,46 @@ pub(super) struct PoolConfig<O> {
     pub(super) acquire_timeout: Duration,
     /// Ping a connection before use when it has been idle this long.
     pub(super) ping_if_idle_for: Option<Duration>,
+    /// The statement that opens a transaction (`None`: the driver's `BEGIN`).
+    pub(super) begin: Option<&'static str>,
 }
 
-/// A fixed-size pool of sqlx connections.
+/// A connection as the pool keeps it.
 #[derive(Debug)]
-pub(super) struct Pool<C: Connection + 'static> {
-    shared: Arc<Shared<C>>,
-}
-
-impl<C: Connection + 'static> Clone for Pool<C> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Shared<C: Connection + 'static> {
-    config: PoolConfig<C::Options>,
-    /// One permit per connection that may be in use.
-    permits: Arc<Semaphore>,
-    /// Idle connections, the most recently used last.
-    idle: Mutex<Vec<Idle<C>>>,
-    /// Connections open (idle, in use, or being closed).
-    open: Arc<AtomicU32>,
-}
-
-impl<C: Connection + 'static> Shared<C> {
-    fn idle(&self) -> MutexGuard<'_, Vec<Idle<C>>> {
-        // The lock is never held across anything that can panic.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// An open connection, counted in `open` until it is dropped.
-#[derive(Debug)]
-struct Live<C> {
+pub(super) struct Managed<C> {
     conn: C,
-    opened: Instant,
-    _counted: OpenCount,
+    /// Set by [`PooledConnection::settle`]: everything run on it finished.
+    reusable: bool,
+    /// When it was last given back (or opened).
+    idle_since: Instant,
 }
 
+/// Opens and recycles connections for `deadpool`.
 #[derive(Debug)]
-struct Idle<C> {
-    live: Live<C>,
-    since: Instant,
+pub(super) struct Manager<C: Connection> {
+    config: PoolConfig<C::Options>,
 }
 
-#[derive(Debug)]
-struct OpenCount(Arc<AtomicU32>);
-
-impl OpenCount {
-    fn new(open: &Arc<AtomicU32>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(open))
-    }
-}
-
-impl Drop for OpenCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl<C: Connection + 'static> Pool<C> {
-    /// A pool that opens connections on demand (none yet). Must be called
-    /// within a Tokio runtime: it starts the task that retires idle
-    /// connections.
-    pub(super) fn new(config: PoolConfig<C::Options>) -> Self {
-        let shared = Arc::new(Shared {
-            permits: Arc::new(Semaphore::new(config.max_connections as usize)),
-            config,
-            idle: Mutex::new(Vec::new()),
-            open: Arc::new(AtomicU32::new(0)),
-        });
-        tokio::spawn(reap(Arc::downgrade(&shared)));
-        Self { shared }
-    }
-
-    /// A connection: an idle one if any (the most recently used), else a new
-    /// one. Waits for a free slot at most `acquire_timeout` in all.
-    pub(super) async fn acquire(&self) -> sqlx::Result<PooledConnection<C>> {
-        let deadline = tokio::time::Instant::now() + self.shared.config.acquire_timeout;
-        tokio::time::timeout_at(deadline, self.checkout(deadline))
-            .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
-    }
-
-    async fn checkout(&self, deadline: tokio::time::Instant) -> sqlx::Result<PooledConnection<C>> {
-        let permit = Arc::clone(&self.shared.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        loop {
-            let Some(Idle { mut live, since }) = self.shared.idle().pop() else {
-                break;
-            };
-            if live.opened.elapsed() >= MAX_LIFETIME {
-                retire(live);
-                continue;
-            }
-            let stale = self
-                .shared
-                .config
-                .ping_if_idle_for
-                .is_some_and(|after| since.elapsed() >= after);
-            if stale && live.conn.ping().await.is_err() {
-                // Dead (the database restarted): drop it, try the next one.
-                continue;
-            }
-            return Ok(PooledConnection::new(live, &self.shared, permit));
-        }
-        let conn = self.open(deadline).await?;
-        let live = Live {
-            conn,
-            opened: Instant::now(),
-            _counted: OpenCount::new(&self.shared.open),
-        };
-        Ok(PooledConnection::new(live, &self.shared, permit))
-    }
+impl<C: Connection + 'static> managed::Manager for Manager<C> {
+    type Type = Managed<C>;
+    type Error = sqlx::Error;
 
     /// Opens a connection. While the database refuses connections (it is
     /// starting) or says it cannot take one now, tries again with backoff
-    /// until shortly before `deadline`, then returns the last error (more
-    /// telling than a timeout).
-    async fn open(&self, deadline: tokio::time::Instant) -> sqlx::Result<C> {
+    /// until shortly before the acquire timeout, then returns the last error
+    /// (more telling than a timeout).
+    async fn create(&self) -> sqlx::Result<Managed<C>> {
+        let deadline = tokio::time::Instant::now() + self.config.acquire_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
-            let err = match self.shared.config.connect.connect().await {
-                Ok(conn) => return Ok(conn),
+            let err = match self.config.connect.connect().await {
+                Ok(conn) => {
+                    return Ok(Managed {
+                        conn,
+                        reusable: true,
+                        idle_since: Instant::now(),
+                    });
+                }
                 Err(err) => err,
             };
             let transient = match &err {
@@ -196,13 +105,100 @@ impl<C: Connection + 'static> Pool<C> {
         }
     }
 
+    /// Refuses a connection that was not settled (dropped mid-statement) or
+    /// is past its lifetime; pings one idle for `ping_if_idle_for`.
+    async fn recycle(&self, obj: &mut Managed<C>, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+        if !obj.reusable {
+            return Err(RecycleError::message("dropped mid-statement"));
+        }
+        if metrics.age() >= MAX_LIFETIME {
+            return Err(RecycleError::message("past its lifetime"));
+        }
+        let stale = self
+            .config
+            .ping_if_idle_for
+            .is_some_and(|after| obj.idle_since.elapsed() >= after);
+        if stale {
+            obj.conn.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A fixed-size pool of sqlx connections.
+#[derive(Debug)]
+pub(super) struct Pool<C: Connection + 'static> {
+    inner: managed::Pool<Manager<C>>,
+    acquire_timeout: Duration,
+    begin: Option<&'static str>,
+}
+
+impl<C: Connection + 'static> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            acquire_timeout: self.acquire_timeout,
+            begin: self.begin,
+        }
+    }
+}
+
+impl<C: Connection + 'static> Pool<C> {
+    /// A pool that opens connections on demand (none yet). Must be called
+    /// within a Tokio runtime: it starts the task that retires idle
+    /// connections.
+    pub(super) fn new(config: PoolConfig<C::Options>) -> Self {
+        let acquire_timeout = config.acquire_timeout;
+        let begin = config.begin;
+        let max_size = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
+        let inner = managed::Pool::builder(Manager { config })
+            .max_size(max_size)
+            // The most recently used first: the others idle out.
+            .queue_mode(QueueMode::Lifo)
+            .build();
+        let inner = match inner {
+            Ok(inner) => inner,
+            // Only a timeout without a runtime fails the build; none is set.
+            Err(err) => unreachable!("deadpool build: {err}"),
+        };
+        tokio::spawn(reap(inner.weak()));
+        Self {
+            inner,
+            acquire_timeout,
+            begin,
+        }
+    }
+
+    /// A connection: an idle one if any (the most recently used), else a new
+    /// one. Waits for a free slot at most `acquire_timeout` in all.
+    pub(super) async fn acquire(&self) -> sqlx::Result<PooledConnection<C>> {
+        let object = tokio::time::timeout(self.acquire_timeout, self.inner.get())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|err| match err {
+                managed::PoolError::Backend(err) => err,
+                managed::PoolError::Timeout(_) => sqlx::Error::PoolTimedOut,
+                managed::PoolError::Closed
+                | managed::PoolError::NoRuntimeSpecified
+                | managed::PoolError::PostCreateHook(_) => sqlx::Error::PoolClosed,
+            })?;
+        let mut conn = PooledConnection {
+            object: Some(object),
+            begin: self.begin,
+        };
+        conn.managed().reusable = false;
+        Ok(conn)
+    }
+
     /// Connection counts, for metrics.
     pub(super) fn stats(&self, name: &'static str) -> PoolStats {
+        let status = self.inner.status();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         PoolStats {
             pool: name,
-            open: self.shared.open.load(Ordering::Relaxed),
-            idle: u32::try_from(self.shared.idle().len()).unwrap_or(u32::MAX),
-            max: self.shared.config.max_connections,
+            open: count(status.size),
+            idle: count(status.available),
+            max: count(status.max_size),
         }
     }
 
@@ -211,10 +207,10 @@ impl<C: Connection + 'static> Pool<C> {
     /// are given back, or when the process exits: shutdown does not wait for
     /// them.
     pub(super) async fn close(&self) {
-        self.shared.permits.close();
-        let idle = std::mem::take(&mut *self.shared.idle());
-        for Idle { live, .. } in idle {
-            close(live).await;
+        let idle = self.inner.retain(|_, _| false).removed;
+        self.inner.close();
+        for managed in idle {
+            close(managed.conn).await;
         }
     }
 }
@@ -224,38 +220,44 @@ impl<C: Connection + 'static> Pool<C> {
 /// [`settle`](Self::settle), else is closed.
 #[derive(Debug)]
 pub(super) struct PooledConnection<C: Connection + 'static> {
-    live: Option<Live<C>>,
-    reusable: bool,
-    shared: Arc<Shared<C>>,
-    // Dropped after `live` went back to the idle list (fields drop after
-    // `Drop::drop`), so whoever gets the permit next finds it there.
-    _permit: OwnedSemaphorePermit,
+    object: Option<Object<Manager<C>>>,
+    begin: Option<&'static str>,
 }
 
 impl<C: Connection + 'static> PooledConnection<C> {
-    fn new(live: Live<C>, shared: &Arc<Shared<C>>, permit: OwnedSemaphorePermit) -> Self {
-        Self {
-            live: Some(live),
-            reusable: false,
-            shared: Arc::clone(shared),
-            _permit: permit,
+    fn managed(&mut self) -> &mut Managed<C> {
+        // `object` is only taken in `drop`.
+        match &mut self.object {
+            Some(object) => object,
+            None => unreachable!("a pooled connection is used after drop"),
         }
     }
 
     /// Gives the connection back for reuse: everything run on it finished.
     pub(super) fn release(mut self) {
-        self.reusable = true;
+        self.managed().reusable = true;
     }
 
-    /// Passes a statement's result through, marking the connection reusable
-    /// when the statement ran to its end: it succeeded or the database
-    /// answered with an error. I/O and protocol errors close it.
+    /// Passes a statement's (or a transaction's) result through, marking the
+    /// connection reusable when it ran to its end: it succeeded or the
+    /// database answered with an error. I/O and protocol errors close it.
     pub(super) fn settle<T>(mut self, result: sqlx::Result<T>) -> sqlx::Result<T> {
-        self.reusable = match &result {
+        self.managed().reusable = match &result {
             Ok(_) => true,
             Err(err) => leaves_connection_usable(err),
         };
         result
+    }
+
+    /// Opens a transaction the way this pool's database wants it (SQLite's
+    /// writer: `BEGIN IMMEDIATE`). It rolls back when dropped uncommitted; a
+    /// connection whose transaction was not committed is not settled, so it
+    /// is closed rather than reused.
+    pub(super) async fn begin(&mut self) -> sqlx::Result<Transaction<'_, C::Database>> {
+        match self.begin {
+            Some(statement) => Connection::begin_with(&mut **self, statement).await,
+            None => Connection::begin(&mut **self).await,
+        }
     }
 }
 
@@ -278,9 +280,8 @@ impl<C: Connection + 'static> std::ops::Deref for PooledConnection<C> {
     type Target = C;
 
     fn deref(&self) -> &C {
-        // `live` is only taken in `drop`.
-        match &self.live {
-            Some(live) => &live.conn,
+        match &self.object {
+            Some(object) => &object.conn,
             None => unreachable!("a pooled connection is used after drop"),
         }
     }
@@ -288,75 +289,53 @@ impl<C: Connection + 'static> std::ops::Deref for PooledConnection<C> {
 
 impl<C: Connection + 'static> std::ops::DerefMut for PooledConnection<C> {
     fn deref_mut(&mut self) -> &mut C {
-        match &mut self.live {
-            Some(live) => &mut live.conn,
-            None => unreachable!("a pooled connection is used after drop"),
-        }
+        &mut self.managed().conn
     }
 }
 
 impl<C: Connection + 'static> Drop for PooledConnection<C> {
     fn drop(&mut self) {
-        let Some(live) = self.live.take() else {
+        let Some(mut object) = self.object.take() else {
             return;
         };
-        if !self.reusable {
-            // Possibly mid-statement: the socket is closed without a word.
-            drop(live);
-        } else if self.shared.permits.is_closed() || live.opened.elapsed() >= MAX_LIFETIME {
-            retire(live);
+        if object.reusable {
+            object.idle_since = Instant::now();
+            // `object` goes back to the pool here.
         } else {
-            self.shared.idle().push(Idle {
-                live,
-                since: Instant::now(),
-            });
+            // Possibly mid-statement: out of the pool at once, and the socket
+            // closed without a word.
+            drop(Object::take(object));
         }
     }
 }
 
-/// Closes a healthy connection politely, in the background.
-fn retire<C: Connection + 'static>(live: Live<C>) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(close(live));
-    }
-}
-
-async fn close<C: Connection + 'static>(live: Live<C>) {
-    // Counted as open until it is closed.
-    let Live {
-        conn,
-        _counted: counted,
-        ..
-    } = live;
+/// Closes a healthy connection politely.
+async fn close<C: Connection + 'static>(conn: C) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
-    drop(counted);
 }
 
 /// Closes idle connections past [`IDLE_TIMEOUT`] or [`MAX_LIFETIME`], until
 /// the pool is dropped or closed.
-async fn reap<C: Connection + 'static>(shared: Weak<Shared<C>>) {
+async fn reap<C: Connection + 'static>(pool: managed::WeakPool<Manager<C>>) {
     let mut ticks = tokio::time::interval(REAP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(pool) = pool.upgrade() else {
             return;
         };
-        if shared.permits.is_closed() {
+        if pool.is_closed() {
             return;
         }
-        let expired: Vec<Idle<C>> = {
-            let mut idle = shared.idle();
-            let (expired, keep) = std::mem::take(&mut *idle).into_iter().partition(|entry| {
-                entry.since.elapsed() >= IDLE_TIMEOUT || entry.live.opened.elapsed() >= MAX_LIFETIME
-            });
-            *idle = keep;
-            expired
-        };
-        drop(shared);
-        for Idle { live, .. } in expired {
-            close(live).await;
+        let expired = pool
+            .retain(|managed, metrics| {
+                managed.idle_since.elapsed() < IDLE_TIMEOUT && metrics.age() < MAX_LIFETIME
+            })
+            .removed;
+        drop(pool);
+        for managed in expired {
+            close(managed.conn).await;
         }
     }
 }

@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgConnectOptions, PgTypeInfo, PgValueRef};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
-    FeedbackRow, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
-    into_active_keys, into_page, order_sql,
+    FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreOptions, StoreResult,
+    Timestamp, Update, count_query, into_active_keys, into_page, into_position, order_sql,
+    push_list_conditions, scoped_query, sql,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -99,9 +102,9 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects and applies pending migrations (an advisory lock keeps
     /// replicas that start together from migrating twice).
-    pub async fn connect(options: &StoreOptions) -> Result<Self, ConnectError> {
-        let url = options.url.redacted();
-        let connect_options = PgConnectOptions::from_str(options.url.as_str())
+    pub async fn connect(database_url: &str, options: &StoreOptions) -> Result<Self, ConnectError> {
+        let url = options.redacted_url.clone();
+        let connect_options = PgConnectOptions::from_str(database_url)
             .map_err(|source| ConnectError::Connect {
                 url: url.clone(),
                 source,
@@ -112,6 +115,7 @@ impl PostgresStore {
             max_connections: options.max_connections,
             acquire_timeout: options.acquire_timeout,
             ping_if_idle_for: Some(PING_IF_IDLE_FOR),
+            begin: None,
         });
         let mut conn = pool
             .acquire()
@@ -129,32 +133,24 @@ impl PostgresStore {
     }
 }
 
-impl<'r> FromRow<'r, PgRow> for FeedbackRow {
-    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            seq: row.try_get("seq")?,
-            output_id: row.try_get("output_id")?,
-            kind: row.try_get("kind")?,
-            rating: row.try_get("rating")?,
-            description: row.try_get("description")?,
-            model: row.try_get("model")?,
-            end_user: row.try_get("end_user")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
+impl sqlx::Type<Postgres> for Timestamp {
+    fn type_info() -> PgTypeInfo {
+        <DateTime<Utc> as sqlx::Type<Postgres>>::type_info()
     }
 }
 
-impl<'r> FromRow<'r, PgRow> for ApiKeyRow {
-    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            tenant: row.try_get("tenant")?,
-            name: row.try_get("name")?,
-            prefix: row.try_get("prefix")?,
-            created_at: row.try_get("created_at")?,
-            revoked_at: row.try_get("revoked_at")?,
-        })
+impl<'q> sqlx::Encode<'q, Postgres> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Postgres as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> Result<IsNull, BoxDynError> {
+        <DateTime<Utc> as sqlx::Encode<'q, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for Timestamp {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        <DateTime<Utc> as sqlx::Decode<'r, Postgres>>::decode(value).map(Self)
     }
 }
 
@@ -164,11 +160,7 @@ fn into_feedback(row: Option<FeedbackRow>) -> StoreResult<Option<Feedback>> {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn insert_feedback(
-        &self,
-        scope: &Scope,
-        new: &NewFeedback,
-    ) -> StoreResult<Option<Feedback>> {
+    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion> {
         // One statement: of concurrent creates of one key exactly one inserts,
         // the others see the conflict and get no row back. It announces its
         // position before taking it (see `settled_horizon`).
@@ -191,7 +183,7 @@ impl Store for PostgresStore {
             .bind(new.description.as_ref().map(Description::as_str))
             .bind(new.model.as_ref().map(ModelName::as_str))
             .fetch_optional(conn))?;
-        into_feedback(row)
+        Ok(into_feedback(row)?.map_or(Insertion::AlreadyExists, Insertion::Inserted))
     }
 
     async fn update_feedback(
@@ -199,7 +191,7 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
         changes: &FeedbackChanges,
-    ) -> StoreResult<Option<Feedback>> {
+    ) -> StoreResult<Update> {
         // One statement, each column written only when its field was present:
         // the row lock makes concurrent updates of different fields compose.
         const SQL: &str = concat!(
@@ -223,7 +215,7 @@ impl Store for PostgresStore {
             .bind(params.set_description)
             .bind(params.description)
             .fetch_optional(conn))?;
-        into_feedback(row)
+        Ok(into_feedback(row)?.map_or(Update::NotFound, Update::Updated))
     }
 
     async fn find_feedback(
@@ -231,20 +223,8 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>> {
-        const SQL: &str = concat!(
-            "select ",
-            feedback_columns!(),
-            " from feedback
-             where tenant = $1 and kind = $2 and output_id = $3
-               and ($4::text is null or end_user = $4)"
-        );
-        let row = run!(self.pool, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
-            .bind(scope.tenant.as_str())
-            .bind(key.kind.as_str())
-            .bind(key.id.as_str())
-            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_optional(conn))?;
-        into_feedback(row)
+        let query = scoped_query::<_, FeedbackRow>(sql::FIND_FEEDBACK, scope, key);
+        into_feedback(run!(self.pool, |conn| query.fetch_optional(conn))?)
     }
 
     async fn find_position(
@@ -252,17 +232,10 @@ impl Store for PostgresStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Position>> {
-        let row: Option<(DateTime<Utc>, i64)> = run!(self.pool, |conn| sqlx::query_as(
-            "select created_at, seq from feedback
-             where tenant = $1 and kind = $2 and output_id = $3
-               and ($4::text is null or end_user = $4)",
-        )
-        .bind(scope.tenant.as_str())
-        .bind(key.kind.as_str())
-        .bind(key.id.as_str())
-        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-        .fetch_optional(conn))?;
-        Ok(row.map(|(created_at, seq)| Position { created_at, seq }))
+        let query = scoped_query(sql::FIND_POSITION, scope, key);
+        Ok(into_position(
+            run!(self.pool, |conn| query.fetch_optional(conn))?
+        ))
     }
 
     async fn list_feedback(
@@ -286,7 +259,7 @@ impl Store for PostgresStore {
         }
         if let Some(after) = page.after {
             query.push(format!(" and (created_at, seq) {beyond} ("));
-            query.push_bind(after.created_at);
+            query.push_bind(Timestamp(after.created_at));
             query.push(", ");
             query.push_bind(after.seq);
             query.push(")");
@@ -308,11 +281,7 @@ impl Store for PostgresStore {
         until: Position,
         at_most: u64,
     ) -> StoreResult<u64> {
-        let mut query = QueryBuilder::new("select count(*) from (select 1 from feedback");
-        push_list_conditions(&mut query, scope, filter, Some(until));
-        query.push(" limit ");
-        query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
-        query.push(") as capped");
+        let mut query = count_query(scope, filter, until, at_most);
         let (count,): (i64,) = run!(self.pool, |conn| query.build_query_as().fetch_one(conn))?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
@@ -357,8 +326,7 @@ impl Store for PostgresStore {
 
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = run!(self.pool, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where secret_hash = $1",
+            sql::FIND_API_KEY
         )
         .bind(secret_hash)
         .fetch_optional(conn))?;
@@ -366,18 +334,14 @@ impl Store for PostgresStore {
     }
 
     async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>> {
-        let rows = run!(self.pool, |conn| sqlx::query_as(
-            "select secret_hash, id, tenant from api_keys where revoked_at is null"
-        )
-        .fetch_all(conn))?;
+        let rows = run!(self.pool, |conn| sqlx::query_as(sql::ACTIVE_API_KEYS)
+            .fetch_all(conn))?;
         into_active_keys(rows)
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
         let rows = run!(self.pool, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where $1::text is null or tenant = $1
-             order by created_at, id",
+            sql::LIST_API_KEYS
         )
         .bind(tenant.map(TenantId::as_str))
         .fetch_all(conn))?;
@@ -413,35 +377,5 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-/// `where` conditions shared by listings and counts: scope, filter, snapshot.
-fn push_list_conditions(
-    query: &mut QueryBuilder<'_, Postgres>,
-    scope: &Scope,
-    filter: FeedbackFilter,
-    until: Option<Position>,
-) {
-    query.push(" where tenant = ");
-    query.push_bind(scope.tenant.as_str().to_owned());
-    query.push(" and kind = ");
-    query.push_bind(filter.kind.as_str());
-    // Conditions are left out rather than written `$n is null or ...`, so
-    // that each combination gets a plan that uses its index.
-    if let Some(user) = &scope.end_user {
-        query.push(" and end_user = ");
-        query.push_bind(user.as_str().to_owned());
-    }
-    if let Some(rating) = filter.rating {
-        query.push(" and rating = ");
-        query.push_bind(rating.as_str());
-    }
-    if let Some(until) = until {
-        query.push(" and (created_at, seq) <= (");
-        query.push_bind(until.created_at);
-        query.push(", ");
-        query.push_bind(until.seq);
-        query.push(")");
     }
 }

@@ -13,23 +13,27 @@
 //! of such writes the WAL grew without bound (gigabytes in a minute of load,
 //! every write slower than the last) until shutdown.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
 use sqlx::query::QueryAs;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous, SqliteTypeInfo,
+    SqliteValueRef,
 };
-use sqlx::{Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::pool::{Pool, PoolConfig};
 use super::{
     ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
-    FeedbackRow, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions, StoreResult,
-    into_active_keys, into_page, order_sql,
+    FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions,
+    StoreResult, Timestamp, Update, count_query, into_active_keys, into_page, into_position,
+    order_sql, push_list_conditions, scoped_query, sql,
 };
-use crate::config::DatabaseUrl;
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
@@ -48,14 +52,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and applies pending migrations.
-    pub async fn connect(options: &StoreOptions) -> Result<Self, ConnectError> {
-        let url = options.url.redacted();
-        let DatabaseUrl::Sqlite(path) = &options.url else {
-            return Err(ConnectError::Connect {
-                url,
-                source: sqlx::Error::Configuration("not a sqlite:// URL".into()),
-            });
-        };
+    pub async fn connect(path: &Path, options: &StoreOptions) -> Result<Self, ConnectError> {
+        let url = options.redacted_url.clone();
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| ConnectError::CreateDir {
                 url: url.clone(),
@@ -82,6 +80,10 @@ impl SqliteStore {
             max_connections: 1,
             acquire_timeout: options.acquire_timeout,
             ping_if_idle_for: None,
+            // Takes the write lock at once: a deferred transaction that reads
+            // first and writes later can fail with SQLITE_BUSY when another
+            // process (the CLI) wrote in between, whatever the busy timeout.
+            begin: Some("BEGIN IMMEDIATE"),
         });
         let mut conn = writer.acquire().await.map_err(connect_error)?;
         sqlx::migrate!("./migrations/sqlite")
@@ -101,6 +103,7 @@ impl SqliteStore {
             max_connections: options.max_connections,
             acquire_timeout: options.acquire_timeout,
             ping_if_idle_for: None,
+            begin: None,
         });
         // Opens one reader now, so that a file that cannot be read fails the
         // start rather than the first request.
@@ -119,35 +122,25 @@ fn from_millis(millis: i64) -> sqlx::Result<DateTime<Utc>> {
         .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {millis} out of range").into()))
 }
 
-impl<'r> FromRow<'r, SqliteRow> for FeedbackRow {
-    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            seq: row.try_get("seq")?,
-            output_id: row.try_get("output_id")?,
-            kind: row.try_get("kind")?,
-            rating: row.try_get("rating")?,
-            description: row.try_get("description")?,
-            model: row.try_get("model")?,
-            end_user: row.try_get("end_user")?,
-            created_at: from_millis(row.try_get("created_at")?)?,
-            updated_at: from_millis(row.try_get("updated_at")?)?,
-        })
+impl sqlx::Type<Sqlite> for Timestamp {
+    fn type_info() -> SqliteTypeInfo {
+        <i64 as sqlx::Type<Sqlite>>::type_info()
     }
 }
 
-impl<'r> FromRow<'r, SqliteRow> for ApiKeyRow {
-    fn from_row(row: &'r SqliteRow) -> sqlx::Result<Self> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            tenant: row.try_get("tenant")?,
-            name: row.try_get("name")?,
-            prefix: row.try_get("prefix")?,
-            created_at: from_millis(row.try_get("created_at")?)?,
-            revoked_at: row
-                .try_get::<Option<i64>, _>("revoked_at")?
-                .map(from_millis)
-                .transpose()?,
-        })
+impl<'q> sqlx::Encode<'q, Sqlite> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> Result<IsNull, BoxDynError> {
+        <i64 as sqlx::Encode<'q, Sqlite>>::encode_by_ref(&self.0.timestamp_millis(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Sqlite> for Timestamp {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let millis = <i64 as sqlx::Decode<'r, Sqlite>>::decode(value)?;
+        Ok(Self(from_millis(millis)?))
     }
 }
 
@@ -170,11 +163,7 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_feedback(
-        &self,
-        scope: &Scope,
-        new: &NewFeedback,
-    ) -> StoreResult<Option<Feedback>> {
+    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion> {
         // The position is taken inside the statement, which holds SQLite's
         // write lock from its first step to its commit: positions follow
         // commit order, so a reader (whose snapshot holds a prefix of the
@@ -206,6 +195,7 @@ impl Store for SqliteStore {
                 .bind(new.model.as_ref().map(ModelName::as_str)),
         )
         .await
+        .map(|row| row.map_or(Insertion::AlreadyExists, Insertion::Inserted))
     }
 
     async fn update_feedback(
@@ -213,7 +203,7 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
         changes: &FeedbackChanges,
-    ) -> StoreResult<Option<Feedback>> {
+    ) -> StoreResult<Update> {
         const SQL: &str = concat!(
             "update feedback set
                  rating = case when ?5 then ?6 else rating end,
@@ -238,6 +228,7 @@ impl Store for SqliteStore {
                 .bind(now_millis()),
         )
         .await
+        .map(|row| row.map_or(Update::NotFound, Update::Updated))
     }
 
     async fn find_feedback(
@@ -245,20 +236,8 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Feedback>> {
-        const SQL: &str = concat!(
-            "select ",
-            feedback_columns!(),
-            " from feedback
-             where tenant = ?1 and kind = ?2 and output_id = ?3
-               and (?4 is null or end_user = ?4)"
-        );
-        let row = run!(self.readers, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
-            .bind(scope.tenant.as_str())
-            .bind(key.kind.as_str())
-            .bind(key.id.as_str())
-            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_optional(conn))?;
-        into_feedback(row)
+        let query = scoped_query::<_, FeedbackRow>(sql::FIND_FEEDBACK, scope, key);
+        into_feedback(run!(self.readers, |conn| query.fetch_optional(conn))?)
     }
 
     async fn find_position(
@@ -266,23 +245,10 @@ impl Store for SqliteStore {
         scope: &Scope,
         key: &FeedbackKey,
     ) -> StoreResult<Option<Position>> {
-        let row: Option<(i64, i64)> = run!(self.readers, |conn| sqlx::query_as(
-            "select created_at, seq from feedback
-             where tenant = ?1 and kind = ?2 and output_id = ?3
-               and (?4 is null or end_user = ?4)",
-        )
-        .bind(scope.tenant.as_str())
-        .bind(key.kind.as_str())
-        .bind(key.id.as_str())
-        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-        .fetch_optional(conn))?;
-        let Some((created_at, seq)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(Position {
-            created_at: from_millis(created_at)?,
-            seq,
-        }))
+        let query = scoped_query(sql::FIND_POSITION, scope, key);
+        Ok(into_position(
+            run!(self.readers, |conn| query.fetch_optional(conn))?
+        ))
     }
 
     async fn list_feedback(
@@ -295,7 +261,7 @@ impl Store for SqliteStore {
         push_list_conditions(&mut query, scope, page.filter, page.until);
         if let Some(after) = page.after {
             query.push(format!(" and (created_at, seq) {beyond} ("));
-            query.push_bind(after.created_at.timestamp_millis());
+            query.push_bind(Timestamp(after.created_at));
             query.push(", ");
             query.push_bind(after.seq);
             query.push(")");
@@ -317,11 +283,7 @@ impl Store for SqliteStore {
         until: Position,
         at_most: u64,
     ) -> StoreResult<u64> {
-        let mut query = QueryBuilder::new("select count(*) from (select 1 from feedback");
-        push_list_conditions(&mut query, scope, filter, Some(until));
-        query.push(" limit ");
-        query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
-        query.push(")");
+        let mut query = count_query(scope, filter, until, at_most);
         let (count,): (i64,) = run!(self.readers, |conn| query.build_query_as().fetch_one(conn))?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
@@ -371,8 +333,7 @@ impl Store for SqliteStore {
 
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let row = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where secret_hash = ?1",
+            sql::FIND_API_KEY
         )
         .bind(secret_hash)
         .fetch_optional(conn))?;
@@ -380,18 +341,14 @@ impl Store for SqliteStore {
     }
 
     async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>> {
-        let rows = run!(self.readers, |conn| sqlx::query_as(
-            "select secret_hash, id, tenant from api_keys where revoked_at is null"
-        )
-        .fetch_all(conn))?;
+        let rows = run!(self.readers, |conn| sqlx::query_as(sql::ACTIVE_API_KEYS)
+            .fetch_all(conn))?;
         into_active_keys(rows)
     }
 
     async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
         let rows = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            "select id, tenant, name, prefix, created_at, revoked_at
-             from api_keys where ?1 is null or tenant = ?1
-             order by created_at, id",
+            sql::LIST_API_KEYS
         )
         .bind(tenant.map(TenantId::as_str))
         .fetch_all(conn))?;
@@ -399,29 +356,25 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation> {
-        // The writer pool has one connection, so nothing writes between the
-        // read and the update.
-        let mut conn = self.writer.acquire().await?;
-        let mut tx = conn.begin().await?;
-        let previous: Option<(Option<i64>,)> =
-            sqlx::query_as("select revoked_at from api_keys where id = ?1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let outcome = match previous {
-            None => Revocation::NotFound,
-            Some((Some(_),)) => Revocation::AlreadyRevoked,
-            Some((None,)) => {
-                sqlx::query("update api_keys set revoked_at = ?2 where id = ?1")
+        let outcome = transaction!(self.writer, |tx| {
+            let previous: Option<(Option<i64>,)> =
+                sqlx::query_as("select revoked_at from api_keys where id = ?1")
                     .bind(id)
-                    .bind(now_millis())
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
-                Revocation::Revoked
+            match previous {
+                None => Revocation::NotFound,
+                Some((Some(_),)) => Revocation::AlreadyRevoked,
+                Some((None,)) => {
+                    sqlx::query("update api_keys set revoked_at = ?2 where id = ?1")
+                        .bind(id)
+                        .bind(now_millis())
+                        .execute(&mut **tx)
+                        .await?;
+                    Revocation::Revoked
+                }
             }
-        };
-        tx.commit().await?;
-        conn.release();
+        })?;
         Ok(outcome)
     }
 
@@ -450,33 +403,5 @@ impl Store for SqliteStore {
             tracing::warn!(error = %err, "could not checkpoint the SQLite WAL");
         }
         self.writer.close().await;
-    }
-}
-
-/// `where` conditions shared by listings and counts: scope, filter, snapshot.
-fn push_list_conditions(
-    query: &mut QueryBuilder<'_, Sqlite>,
-    scope: &Scope,
-    filter: FeedbackFilter,
-    until: Option<Position>,
-) {
-    query.push(" where tenant = ");
-    query.push_bind(scope.tenant.as_str().to_owned());
-    query.push(" and kind = ");
-    query.push_bind(filter.kind.as_str());
-    if let Some(user) = &scope.end_user {
-        query.push(" and end_user = ");
-        query.push_bind(user.as_str().to_owned());
-    }
-    if let Some(rating) = filter.rating {
-        query.push(" and rating = ");
-        query.push_bind(rating.as_str());
-    }
-    if let Some(until) = until {
-        query.push(" and (created_at, seq) <= (");
-        query.push_bind(until.created_at.timestamp_millis());
-        query.push(", ");
-        query.push_bind(until.seq);
-        query.push(")");
     }
 }
