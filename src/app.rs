@@ -13,6 +13,7 @@ use crate::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
 use crate::feedback::TenantId;
 use crate::http::{self, HttpSettings, KeyRateLimiter};
 use crate::store::{self, Store};
+use crate::worker::{Backoff, WorkerContext, Workers};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +81,10 @@ impl Application {
         Arc::clone(&self.store)
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight
-    /// requests finish for at most the shutdown timeout, and closes the store.
+    /// Starts the background workers and serves until `shutdown` completes,
+    /// then stops accepting, lets in-flight requests finish for at most the
+    /// shutdown timeout, stops the workers (the last started first, again for
+    /// at most the shutdown timeout), and closes the store.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -101,8 +104,12 @@ impl Application {
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
         };
+        let authenticator = auth::Authenticator::new(Arc::clone(&self.store));
+        let workers = start_workers(&authenticator);
         let router = http::router(
             Arc::clone(&self.store),
+            authenticator,
+            workers.health(),
             rate_limiter,
             self.serve.export_max_rows,
             &settings,
@@ -114,10 +121,29 @@ impl Application {
             shutdown_timeout: self.serve.shutdown_timeout(),
         };
         http::serve(self.listener, router, &connections, shutdown).await;
+        workers.shutdown(self.serve.shutdown_timeout()).await;
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the background workers, in the order they depend on each other
+/// (shutdown stops them in reverse). A new worker goes here.
+fn start_workers(authenticator: &auth::Authenticator) -> Workers {
+    let mut workers = Workers::new(Backoff::default());
+    let authenticator = authenticator.clone();
+    workers.spawn("key-set-reloader", move |context: WorkerContext| {
+        let reload = authenticator.reload_key_set();
+        async move {
+            tokio::select! {
+                () = reload => {}
+                () = context.stopping() => {}
+            }
+            Ok(())
+        }
+    });
+    workers
 }
 
 /// Provisions `BOOTSTRAP_API_KEY` if set; otherwise, on a first start of the
