@@ -13,6 +13,7 @@ use crate::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
 use crate::feedback::TenantId;
 use crate::http::{self, HttpSettings, KeyRateLimiter};
 use crate::store::{self, Store};
+use crate::telemetry;
 use crate::worker::{Backoff, WorkerContext, Workers};
 
 /// Why the service could not start.
@@ -49,7 +50,7 @@ impl Application {
     /// Connects and migrates the store, provisions keys, binds the listener.
     pub async fn build(serve: ServeArgs, database: &DatabaseArgs) -> Result<Self, StartupError> {
         // Install the metrics recorder before anything counts.
-        crate::telemetry::metrics_handle();
+        telemetry::metrics_handle();
         let store = store::connect(&database.store_options()).await?;
         let first_run_key = bootstrap_keys(store.as_ref(), &serve, &database.database_url).await?;
         let listener = TcpListener::bind(serve.listen_addr)
@@ -132,6 +133,19 @@ impl Application {
 /// (shutdown stops them in reverse). A new worker goes here.
 fn start_workers(authenticator: &auth::Authenticator) -> Workers {
     let mut workers = Workers::new(Backoff::default());
+    // Histogram samples pile up until upkeep folds them into buckets;
+    // without a scraper that would be never: memory would grow with every
+    // request.
+    workers.spawn("metrics-upkeep", |context: WorkerContext| async move {
+        let mut ticks = tokio::time::interval(telemetry::METRICS_UPKEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => telemetry::metrics_handle().run_upkeep(),
+                () = context.stopping() => return Ok(()),
+            }
+        }
+    });
     let authenticator = authenticator.clone();
     workers.spawn("key-set-reloader", move |context: WorkerContext| {
         let reload = authenticator.reload_key_set();

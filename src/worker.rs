@@ -195,6 +195,9 @@ impl Workers {
             stop: stop_rx,
             status,
         };
+        // Logged here, not by the supervisor, so that the lines come in
+        // start order.
+        tracing::info!(worker = name, "worker started");
         let supervisor = tokio::spawn(supervise(context, task, self.backoff));
         self.started.push(Worker {
             name,
@@ -237,8 +240,11 @@ where
 {
     let name = context.name();
     let mut wait = backoff.initial;
+    let mut restarts: u64 = 0;
     loop {
-        tracing::info!(worker = name, "worker started");
+        if restarts > 0 {
+            tracing::info!(worker = name, restarts, "worker restarted");
+        }
         let run = AssertUnwindSafe(task(context.clone())).catch_unwind();
         tokio::pin!(run);
         let healthy_at = tokio::time::sleep(backoff.reset_after);
@@ -280,6 +286,7 @@ where
             () = context.stopping() => return,
         }
         wait = (wait * 2).min(backoff.max);
+        restarts += 1;
     }
 }
 
