@@ -14,7 +14,7 @@ use crate::feedback::TenantId;
 use crate::http::{self, HttpSettings, KeyRateLimiter};
 use crate::store::{self, Store};
 use crate::telemetry;
-use crate::worker::{Backoff, WorkerContext, Workers};
+use crate::worker::{Backoff, WorkerContext, WorkerResult, Workers};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +44,13 @@ pub struct Application {
     listener: TcpListener,
     store: Arc<dyn Store>,
     serve: ServeArgs,
+    authenticator: auth::Authenticator,
+    workers: Workers,
 }
 
 impl Application {
-    /// Connects and migrates the store, provisions keys, binds the listener.
+    /// Connects and migrates the store, provisions keys, binds the listener,
+    /// starts the background workers.
     pub async fn build(serve: ServeArgs, database: &DatabaseArgs) -> Result<Self, StartupError> {
         // Install the metrics recorder before anything counts.
         telemetry::metrics_handle();
@@ -63,10 +66,14 @@ impl Application {
             let addr = listener.local_addr().unwrap_or(serve.listen_addr);
             print_first_run_banner(&key.secret, &key.record.tenant, addr);
         }
+        let authenticator = auth::Authenticator::new(Arc::clone(&store));
+        let workers = start_workers(&authenticator);
         Ok(Self {
             listener,
             store,
             serve,
+            authenticator,
+            workers,
         })
     }
 
@@ -82,7 +89,17 @@ impl Application {
         Arc::clone(&self.store)
     }
 
-    /// Starts the background workers and serves until `shutdown` completes,
+    /// Starts one more supervised background task (see `crate::worker`),
+    /// stopped before the ones started in `build`.
+    pub fn spawn_worker<F, Fut>(&mut self, name: &'static str, task: F)
+    where
+        F: Fn(WorkerContext) -> Fut + Send + 'static,
+        Fut: Future<Output = WorkerResult> + Send + 'static,
+    {
+        self.workers.spawn(name, task);
+    }
+
+    /// Serves until `shutdown` completes,
     /// then stops accepting, lets in-flight requests finish for at most the
     /// shutdown timeout, stops the workers (the last started first, again for
     /// at most the shutdown timeout), and closes the store.
@@ -105,12 +122,10 @@ impl Application {
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
         };
-        let authenticator = auth::Authenticator::new(Arc::clone(&self.store));
-        let workers = start_workers(&authenticator);
         let router = http::router(
             Arc::clone(&self.store),
-            authenticator,
-            workers.health(),
+            self.authenticator,
+            self.workers.health(),
             rate_limiter,
             self.serve.export_max_rows,
             &settings,
@@ -122,7 +137,7 @@ impl Application {
             shutdown_timeout: self.serve.shutdown_timeout(),
         };
         http::serve(self.listener, router, &connections, shutdown).await;
-        workers.shutdown(self.serve.shutdown_timeout()).await;
+        self.workers.shutdown(self.serve.shutdown_timeout()).await;
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())

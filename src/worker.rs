@@ -133,8 +133,11 @@ impl WorkerContext {
             .unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
     }
 
-    /// Clears [`Self::set_degraded`].
+    /// Clears [`Self::set_degraded`], and the failure of an earlier run
+    /// (which otherwise lasts until this run has lasted
+    /// [`Backoff::reset_after`]).
     pub fn set_healthy(&self) {
+        self.status.set_failure(None);
         *self
             .status
             .degraded

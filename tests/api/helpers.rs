@@ -220,6 +220,25 @@ pub(crate) async fn spawn_app_with(
         serve,
         &test_database_args(&database_url),
         Some(storage),
+        |_| {},
+    )
+    .await
+}
+
+/// Starts the application with more background workers, registered by
+/// `register` before it serves.
+pub(crate) async fn spawn_app_with_workers(
+    backend: Backend,
+    register: impl FnOnce(&mut Application),
+) -> TestApp {
+    let storage = TestStorage::new(backend).await;
+    let database_url = storage.url();
+    start_app(
+        backend,
+        test_serve_args(),
+        &test_database_args(&database_url),
+        Some(storage),
+        register,
     )
     .await
 }
@@ -231,7 +250,7 @@ pub(crate) async fn spawn_app_on(database: &DatabaseArgs) -> TestApp {
         DatabaseUrl::Sqlite(_) => Backend::Sqlite,
         DatabaseUrl::Postgres(_) => Backend::Postgres,
     };
-    start_app(backend, test_serve_args(), database, None).await
+    start_app(backend, test_serve_args(), database, None, |_| {}).await
 }
 
 async fn start_app(
@@ -239,15 +258,17 @@ async fn start_app(
     serve: ServeArgs,
     database: &DatabaseArgs,
     storage: Option<TestStorage>,
+    register: impl FnOnce(&mut Application),
 ) -> TestApp {
     init_test_logs();
     let database_url = match &database.database_url {
         DatabaseUrl::Postgres(url) => url.clone(),
         DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
     };
-    let app = Application::build(serve, database)
+    let mut app = Application::build(serve, database)
         .await
         .expect("the application failed to start");
+    register(&mut app);
     let address = format!("http://{}", app.local_addr().expect("bound address"));
     let store = app.store();
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
