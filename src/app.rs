@@ -44,13 +44,11 @@ pub struct Application {
     listener: TcpListener,
     store: Arc<dyn Store>,
     serve: ServeArgs,
-    authenticator: auth::Authenticator,
     workers: Workers,
 }
 
 impl Application {
-    /// Connects and migrates the store, provisions keys, binds the listener,
-    /// starts the background workers.
+    /// Connects and migrates the store, provisions keys, binds the listener.
     pub async fn build(serve: ServeArgs, database: &DatabaseArgs) -> Result<Self, StartupError> {
         // Install the metrics recorder before anything counts.
         telemetry::metrics_handle();
@@ -66,14 +64,11 @@ impl Application {
             let addr = listener.local_addr().unwrap_or(serve.listen_addr);
             print_first_run_banner(&key.secret, &key.record.tenant, addr);
         }
-        let authenticator = auth::Authenticator::new(Arc::clone(&store));
-        let workers = start_workers(&authenticator);
         Ok(Self {
             listener,
             store,
             serve,
-            authenticator,
-            workers,
+            workers: Workers::new(Backoff::default()),
         })
     }
 
@@ -89,8 +84,9 @@ impl Application {
         Arc::clone(&self.store)
     }
 
-    /// Starts one more supervised background task (see `crate::worker`),
-    /// stopped before the ones started in `build`.
+    /// Starts a supervised background task (see `crate::worker`) at once;
+    /// the application's own workers start with `run_until`, so this one
+    /// stops after them.
     pub fn spawn_worker<F, Fut>(&mut self, name: &'static str, task: F)
     where
         F: Fn(WorkerContext) -> Fut + Send + 'static,
@@ -99,12 +95,13 @@ impl Application {
         self.workers.spawn(name, task);
     }
 
-    /// Serves until `shutdown` completes,
-    /// then stops accepting, lets in-flight requests finish for at most the
-    /// shutdown timeout, stops the workers (the last started first, again for
-    /// at most the shutdown timeout), and closes the store.
+    /// Starts the application's background workers (`start_workers`) and
+    /// serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish for at most the shutdown timeout, stops the
+    /// workers (the last started first, again for at most the shutdown
+    /// timeout), and closes the store.
     pub async fn run_until(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let rate_limiter = self
@@ -122,9 +119,11 @@ impl Application {
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
         };
+        let authenticator = auth::Authenticator::new(Arc::clone(&self.store));
+        start_workers(&mut self.workers, &authenticator);
         let router = http::router(
             Arc::clone(&self.store),
-            self.authenticator,
+            authenticator,
             self.workers.health(),
             rate_limiter,
             self.serve.export_max_rows,
@@ -146,8 +145,7 @@ impl Application {
 
 /// Starts the background workers, in the order they depend on each other
 /// (shutdown stops them in reverse). A new worker goes here.
-fn start_workers(authenticator: &auth::Authenticator) -> Workers {
-    let mut workers = Workers::new(Backoff::default());
+fn start_workers(workers: &mut Workers, authenticator: &auth::Authenticator) {
     // Histogram samples pile up until upkeep folds them into buckets;
     // without a scraper that would be never: memory would grow with every
     // request.
@@ -172,7 +170,6 @@ fn start_workers(authenticator: &auth::Authenticator) -> Workers {
             Ok(())
         }
     });
-    workers
 }
 
 /// Provisions `BOOTSTRAP_API_KEY` if set; otherwise, on a first start of the
