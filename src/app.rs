@@ -13,6 +13,8 @@ use crate::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
 use crate::feedback::TenantId;
 use crate::http::{self, HttpSettings, KeyRateLimiter};
 use crate::store::{self, Store};
+use crate::telemetry;
+use crate::worker::{Backoff, WorkerContext, WorkerResult, Workers};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +44,14 @@ pub struct Application {
     listener: TcpListener,
     store: Arc<dyn Store>,
     serve: ServeArgs,
+    workers: Workers,
 }
 
 impl Application {
     /// Connects and migrates the store, provisions keys, binds the listener.
     pub async fn build(serve: ServeArgs, database: &DatabaseArgs) -> Result<Self, StartupError> {
         // Install the metrics recorder before anything counts.
-        crate::telemetry::metrics_handle();
+        telemetry::metrics_handle();
         let store = store::connect(&database.store_options()).await?;
         let first_run_key = bootstrap_keys(store.as_ref(), &serve, &database.database_url).await?;
         let listener = TcpListener::bind(serve.listen_addr)
@@ -65,6 +68,7 @@ impl Application {
             listener,
             store,
             serve,
+            workers: Workers::new(Backoff::default()),
         })
     }
 
@@ -80,10 +84,24 @@ impl Application {
         Arc::clone(&self.store)
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight
-    /// requests finish for at most the shutdown timeout, and closes the store.
+    /// Starts a supervised background task (see `crate::worker`) at once;
+    /// the application's own workers start with `run_until`, so this one
+    /// stops after them.
+    pub fn spawn_worker<F, Fut>(&mut self, name: &'static str, task: F)
+    where
+        F: Fn(WorkerContext) -> Fut + Send + 'static,
+        Fut: Future<Output = WorkerResult> + Send + 'static,
+    {
+        self.workers.spawn(name, task);
+    }
+
+    /// Starts the application's background workers (`start_workers`) and
+    /// serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish for at most the shutdown timeout, stops the
+    /// workers (the last started first, again for at most the shutdown
+    /// timeout), and closes the store.
     pub async fn run_until(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let rate_limiter = self
@@ -101,8 +119,12 @@ impl Application {
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
         };
+        let authenticator = auth::Authenticator::new(Arc::clone(&self.store));
+        start_workers(&mut self.workers, &authenticator);
         let router = http::router(
             Arc::clone(&self.store),
+            authenticator,
+            self.workers.health(),
             rate_limiter,
             self.serve.export_max_rows,
             &settings,
@@ -114,10 +136,40 @@ impl Application {
             shutdown_timeout: self.serve.shutdown_timeout(),
         };
         http::serve(self.listener, router, &connections, shutdown).await;
+        self.workers.shutdown(self.serve.shutdown_timeout()).await;
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the background workers, in the order they depend on each other
+/// (shutdown stops them in reverse). A new worker goes here.
+fn start_workers(workers: &mut Workers, authenticator: &auth::Authenticator) {
+    // Histogram samples pile up until upkeep folds them into buckets;
+    // without a scraper that would be never: memory would grow with every
+    // request.
+    workers.spawn("metrics-upkeep", |context: WorkerContext| async move {
+        let mut ticks = tokio::time::interval(telemetry::METRICS_UPKEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => telemetry::metrics_handle().run_upkeep(),
+                () = context.stopping() => return Ok(()),
+            }
+        }
+    });
+    let authenticator = authenticator.clone();
+    workers.spawn("key-set-reloader", move |context: WorkerContext| {
+        let reload = authenticator.reload_key_set();
+        async move {
+            tokio::select! {
+                () = reload => {}
+                () = context.stopping() => {}
+            }
+            Ok(())
+        }
+    });
 }
 
 /// Provisions `BOOTSTRAP_API_KEY` if set; otherwise, on a first start of the

@@ -163,9 +163,9 @@ enum LookupError {
 }
 
 impl Authenticator {
-    /// An authenticator over `store`. Must be called within a Tokio runtime:
-    /// it starts the task that reloads the key set (the first load at once),
-    /// which ends once the authenticator is dropped.
+    /// An authenticator over `store`. Its key set stays empty (every key is
+    /// looked up one by one) until [`Self::reload_key_set`] runs: the
+    /// application starts that as a background worker.
     #[must_use]
     pub fn new(store: Arc<dyn Store>) -> Self {
         let shared = Arc::new(Verifier {
@@ -178,8 +178,14 @@ impl Authenticator {
             budget: RateLimiter::direct(Quota::per_second(LOOKUPS_PER_SECOND)),
             slots: Semaphore::new(LOOKUP_SLOTS),
         });
-        tokio::spawn(reload_key_set(Arc::downgrade(&shared)));
         Self { shared }
+    }
+
+    /// Reloads the key set every [`KEY_SET_REFRESH`] (the first load at
+    /// once) until the authenticator is dropped. Never fails: a failed load
+    /// is logged once and retried at the next refresh.
+    pub fn reload_key_set(&self) -> impl Future<Output = ()> + Send + use<> {
+        reload_key_set(Arc::downgrade(&self.shared))
     }
 
     /// The identity of an active key, `None` for unknown or revoked ones.

@@ -243,8 +243,9 @@ fn request_series(method: &Method, route: &str, status: u16) -> (Counter, Histog
     (count, latency)
 }
 
-/// How often histogram samples are folded into their buckets.
-const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often histogram samples are folded into their buckets (by the
+/// application's `metrics-upkeep` worker, and at every scrape).
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Latency buckets (seconds): from well under a millisecond to the default
 /// request timeout.
@@ -270,21 +271,6 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             tracing::warn!("another metrics recorder is installed; /metrics will be empty");
         }
         describe_metrics();
-        // Histogram samples pile up until upkeep folds them into buckets;
-        // without a scraper that would be never: memory would grow with
-        // every request.
-        let upkeep = handle.clone();
-        let spawned = std::thread::Builder::new()
-            .name("metrics-upkeep".to_owned())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(METRICS_UPKEEP_INTERVAL);
-                    upkeep.run_upkeep();
-                }
-            });
-        if let Err(err) = spawned {
-            tracing::warn!(error = %err, "cannot start the metrics upkeep thread");
-        }
         handle
     })
 }

@@ -35,6 +35,7 @@ use crate::auth::{self, Authenticator};
 use crate::config::CorsOrigin;
 use crate::store::Store;
 use crate::telemetry;
+use crate::worker::WorkerHealth;
 
 /// Bodies up to this many bytes are read; larger ones are 413.
 pub const BODY_LIMIT_BYTES: usize = 65_536;
@@ -68,6 +69,8 @@ pub struct AppServices {
     pub openapi_json: Arc<str>,
     /// The last `/readyz` outcome.
     pub(crate) readiness: ops::Readiness,
+    /// The background workers' health, part of `/readyz`.
+    pub(crate) workers: WorkerHealth,
 }
 
 /// Settings of the layers around the routes.
@@ -115,6 +118,8 @@ fn routes_and_document() -> (Router<AppState>, serde_json::Value) {
 /// The whole service: every route, with its layers.
 pub fn router(
     store: Arc<dyn Store>,
+    authenticator: Authenticator,
+    workers: WorkerHealth,
     rate_limiter: Option<Arc<KeyRateLimiter>>,
     export_max_rows: u64,
     settings: &HttpSettings,
@@ -122,13 +127,14 @@ pub fn router(
     let (service_routes, document) = routes_and_document();
     let openapi_json = document.to_string();
     let state = AppState(Arc::new(AppServices {
-        authenticator: Authenticator::new(Arc::clone(&store)),
+        authenticator,
         store,
         rate_limiter,
         export_max_rows,
         exports: export::ExportLimits::new(settings.request_timeout),
         openapi_json: openapi_json.into(),
         readiness: ops::Readiness::default(),
+        workers,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     let layered = service_routes

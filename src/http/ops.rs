@@ -53,8 +53,9 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the database answers within a second, else 503;
-/// an outcome is reused for a second (see [`Readiness`]).
+/// `GET /readyz`: 200 when no background worker is failing (see
+/// `crate::worker`) and the database answers within a second, else 503; an
+/// outcome of the database check is reused for a second (see [`Readiness`]).
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -63,6 +64,9 @@ pub(crate) async fn healthz() -> &'static str {
     responses((status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready"))
 )]
 pub(crate) async fn readyz(State(app): State<AppState>) -> Result<&'static str> {
+    if let Some(failing) = app.workers.failing() {
+        return Err(AppError::Unavailable(format!("readiness: {failing}")));
+    }
     app.readiness
         .check(app.store.as_ref())
         .await

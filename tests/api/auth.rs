@@ -92,8 +92,8 @@ async fn bearer_without_a_token_is_401(app: TestApp) {
 }
 
 async fn other_schemes_are_401_even_with_a_valid_key(app: TestApp) {
-    let created = app.create("completions", json!({"id": "chatcmpl-1"})).await;
-    assert_eq!(created.status, 201, "{}", created.text);
+    app.create_ok("completions", json!({"id": "chatcmpl-1"}))
+        .await;
     let key = &app.api_key;
 
     for value in [
@@ -145,11 +145,9 @@ async fn a_short_garbage_key_is_401(app: TestApp) {
 
 async fn a_revoked_key_gets_401_within_5_seconds(app: TestApp) {
     let doomed = app.new_key("tenant-a").await;
-    let created = app
-        .as_caller(&doomed, None)
-        .create("completions", json!({"id": "chatcmpl-1"}))
+    app.as_caller(&doomed, None)
+        .create_ok("completions", json!({"id": "chatcmpl-1"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
     let before = app
         .as_caller(&doomed, None)
         .get("completions", "chatcmpl-1")
@@ -189,12 +187,11 @@ async fn a_revoked_key_gets_401_within_5_seconds(app: TestApp) {
 
 async fn the_bearer_scheme_name_is_case_insensitive(app: TestApp) {
     let created = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-1", "rating": "thumbs_up"}),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     for scheme in ["bearer", "BEARER", "bEaReR", "Bearer"] {
         let value = format!("{scheme} {}", app.api_key);
@@ -202,19 +199,18 @@ async fn the_bearer_scheme_name_is_case_insensitive(app: TestApp) {
             get_with_authorization(&app, HeaderValue::from_str(&value).expect("header")).await;
 
         assert_eq!(reply.status, 200, "{scheme}: {}", reply.text);
-        assert_eq!(reply.body, created.body, "{scheme}");
+        assert_eq!(reply.body, created, "{scheme}");
     }
 }
 
 async fn a_second_key_of_the_same_tenant_sees_and_updates_the_same_entries(app: TestApp) {
     let second = app.new_key("tenant-a").await;
     let created = app
-        .create(
+        .create_ok(
             "responses",
             json!({"id": "resp-1", "rating": "thumbs_up", "description": "fine"}),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     let seen = app
         .as_caller(&second, None)
@@ -230,7 +226,7 @@ async fn a_second_key_of_the_same_tenant_sees_and_updates_the_same_entries(app: 
         .await;
 
     assert_eq!(seen.status, 200, "{}", seen.text);
-    assert_eq!(seen.body, created.body);
+    assert_eq!(seen.body, created);
     assert_eq!(updated.status, 200, "{}", updated.text);
     assert_eq!(updated.body["rating"], "thumbs_down");
     assert_eq!(updated.body["description"], "fine");

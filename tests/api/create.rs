@@ -39,29 +39,25 @@ both_stores!(
 
 async fn create_returns_201_with_the_entry_of_the_brief_example(app: TestApp) {
     let reply = app
-        .create(
+        .create_ok(
             "responses",
             json!({"id": "resp-xyz789", "rating": "thumbs_up", "description": "Very helpful response!"}),
-        )
-        .await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    let body = reply.body.as_object().expect("an object");
+        ).await;
+    let body = reply.as_object().expect("an object");
     assert_eq!(body["id"], "resp-xyz789");
     assert_eq!(body["rating"], "thumbs_up");
     assert_eq!(body["description"], "Very helpful response!");
     assert_eq!(body["createdAt"], body["updatedAt"]);
-    assert_eq!(entry_fields(&reply.body), ["description", "id", "rating"]);
+    assert_eq!(entry_fields(&reply), ["description", "id", "rating"]);
 }
 
 async fn create_then_duplicate_is_409_and_leaves_the_entry_untouched(app: TestApp) {
     let first = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-1", "rating": "thumbs_up"}),
         )
         .await;
-    assert_eq!(first.status, 201);
 
     let second = app
         .create(
@@ -73,33 +69,28 @@ async fn create_then_duplicate_is_409_and_leaves_the_entry_untouched(app: TestAp
     assert_eq!(second.status, 409);
     assert_eq!(second.error_code(), "conflict");
     let stored = app.get("completions", "chatcmpl-1").await;
-    assert_eq!(stored.body, first.body);
+    assert_eq!(stored.body, first);
 }
 
 async fn create_with_only_an_id_omits_rating_description_and_model(app: TestApp) {
     let reply = app
-        .create("completions", json!({"id": "chatcmpl-bare"}))
+        .create_ok("completions", json!({"id": "chatcmpl-bare"}))
         .await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    assert_eq!(entry_fields(&reply.body), ["id"]);
-    assert_eq!(reply.body["id"], "chatcmpl-bare");
+    assert_eq!(entry_fields(&reply), ["id"]);
+    assert_eq!(reply["id"], "chatcmpl-bare");
     let stored = app.get("completions", "chatcmpl-bare").await;
     assert_eq!(entry_fields(&stored.body), ["id"]);
 }
 
 async fn create_with_every_field_returns_exactly_those_fields(app: TestApp) {
     let reply = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-full", "rating": "thumbs_down", "description": "meh", "model": "gpt-4o"}),
-        )
-        .await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    let created_at = reply.body["createdAt"].clone();
+        ).await;
+    let created_at = reply["createdAt"].clone();
     assert_eq!(
-        reply.body,
+        reply,
         with_timestamps(
             json!({
                 "id": "chatcmpl-full",
@@ -115,11 +106,9 @@ async fn create_with_every_field_returns_exactly_those_fields(app: TestApp) {
 
 async fn create_keeps_an_empty_description_as_an_empty_string(app: TestApp) {
     let reply = app
-        .create("responses", json!({"id": "resp-empty", "description": ""}))
+        .create_ok("responses", json!({"id": "resp-empty", "description": ""}))
         .await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    assert_eq!(reply.body["description"], json!(""));
+    assert_eq!(reply["description"], json!(""));
     let stored = app.get("responses", "resp-empty").await;
     assert_eq!(stored.body["description"], json!(""));
     assert_eq!(entry_fields(&stored.body), ["description", "id"]);
@@ -127,34 +116,31 @@ async fn create_keeps_an_empty_description_as_an_empty_string(app: TestApp) {
 
 async fn create_with_null_rating_description_and_model_means_absent(app: TestApp) {
     let reply = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-nulls", "rating": null, "description": null, "model": null}),
         )
         .await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    assert_eq!(entry_fields(&reply.body), ["id"]);
+    assert_eq!(entry_fields(&reply), ["id"]);
     let stored = app.get("completions", "chatcmpl-nulls").await;
-    assert_eq!(stored.body, reply.body);
+    assert_eq!(stored.body, reply);
 }
 
 async fn create_timestamps_are_utc_milliseconds_close_to_now_and_equal(app: TestApp) {
     let before = Utc::now();
 
     let reply = app
-        .create("completions", json!({"id": "chatcmpl-time"}))
+        .create_ok("completions", json!({"id": "chatcmpl-time"}))
         .await;
 
     let after = Utc::now();
-    assert_eq!(reply.status, 201, "{}", reply.text);
     for field in ENTRY_TIMESTAMPS {
-        let text = reply.body[field].as_str().expect("a string");
+        let text = reply[field].as_str().expect("a string");
         assert!(is_utc_millisecond_timestamp(text), "{field}: {text}");
     }
-    assert_eq!(reply.body["createdAt"], reply.body["updatedAt"]);
-    assert_eq!(reply.body["created_at"], reply.body["updated_at"]);
-    let created_at = timestamp(&reply.body["createdAt"]);
+    assert_eq!(reply["createdAt"], reply["updatedAt"]);
+    assert_eq!(reply["created_at"], reply["updated_at"]);
+    let created_at = timestamp(&reply["createdAt"]);
     let slack = chrono::Duration::seconds(2);
     assert!(
         before - slack <= created_at && created_at <= after + slack,
@@ -164,25 +150,23 @@ async fn create_timestamps_are_utc_milliseconds_close_to_now_and_equal(app: Test
 
 async fn create_works_for_both_kinds_and_they_are_separate_namespaces(app: TestApp) {
     let completion = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "shared-id", "rating": "thumbs_up", "description": "completion"}),
         )
         .await;
 
     let response = app
-        .create(
+        .create_ok(
             "responses",
             json!({"id": "shared-id", "rating": "thumbs_down"}),
         )
         .await;
 
-    assert_eq!(completion.status, 201, "{}", completion.text);
-    assert_eq!(response.status, 201, "{}", response.text);
     let stored_completion = app.get("completions", "shared-id").await;
     let stored_response = app.get("responses", "shared-id").await;
-    assert_eq!(stored_completion.body, completion.body);
-    assert_eq!(stored_response.body, response.body);
+    assert_eq!(stored_completion.body, completion);
+    assert_eq!(stored_response.body, response);
     assert_eq!(stored_completion.body["rating"], "thumbs_up");
     assert_eq!(stored_response.body["rating"], "thumbs_down");
     assert_eq!(entry_fields(&stored_response.body), ["id", "rating"]);
@@ -190,17 +174,14 @@ async fn create_works_for_both_kinds_and_they_are_separate_namespaces(app: TestA
 
 async fn model_is_absent_unless_given_and_never_changes_after_a_put(app: TestApp) {
     let with_model = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-m", "model": "gpt-4o-mini"}),
         )
         .await;
-    let without_model = app
-        .create("completions", json!({"id": "chatcmpl-no-m"}))
+    app.create_ok("completions", json!({"id": "chatcmpl-no-m"}))
         .await;
-    assert_eq!(with_model.status, 201, "{}", with_model.text);
-    assert_eq!(with_model.body["model"], "gpt-4o-mini");
-    assert_eq!(without_model.status, 201, "{}", without_model.text);
+    assert_eq!(with_model["model"], "gpt-4o-mini");
 
     let updated = app
         .update(
@@ -240,14 +221,12 @@ async fn model_of_256_multibyte_characters_is_accepted(app: TestApp) {
     let model = "é".repeat(256);
 
     let reply = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-long-model", "model": model}),
         )
         .await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    assert_eq!(reply.body["model"], json!(model));
+    assert_eq!(reply["model"], json!(model));
 }
 
 async fn invalid_models_are_400_naming_model_and_create_nothing(app: TestApp) {
@@ -303,14 +282,13 @@ async fn id_of_256_multibyte_characters_is_accepted_and_257_is_400(app: TestApp)
     let longest = "é".repeat(256);
     let too_long = "é".repeat(257);
 
-    let accepted = app.create("responses", json!({"id": longest})).await;
+    let accepted = app.create_ok("responses", json!({"id": longest})).await;
     let refused = app.create("responses", json!({"id": too_long})).await;
 
-    assert_eq!(accepted.status, 201, "{}", accepted.text);
-    assert_eq!(accepted.body["id"], json!(longest));
+    assert_eq!(accepted["id"], json!(longest));
     let stored = app.get("responses", &longest).await;
     assert_eq!(stored.status, 200, "{}", stored.text);
-    assert_eq!(stored.body, accepted.body);
+    assert_eq!(stored.body, accepted);
     assert_invalid_fields(&refused, &["id"]);
     assert_eq!(app.get("responses", &too_long).await.status, 400);
 }
@@ -351,10 +329,8 @@ async fn ids_with_leading_or_trailing_whitespace_are_400(app: TestApp) {
 async fn ids_with_inner_spaces_are_accepted(app: TestApp) {
     let id = "inner  spaces\u{a0}and\u{3000}more";
 
-    let reply = app.create("completions", json!({"id": id})).await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    assert_eq!(reply.body["id"], id);
+    let reply = app.create_ok("completions", json!({"id": id})).await;
+    assert_eq!(reply["id"], id);
 }
 
 async fn description_of_2000_emoji_or_accented_letters_is_accepted(app: TestApp) {
@@ -412,14 +388,12 @@ async fn description_text_is_preserved_exactly(app: TestApp) {
                        comma; =SUM(A1) ünïcødé 日本語 😀👍🏽 e\u{301}  ";
 
     let reply = app
-        .create(
+        .create_ok(
             "responses",
             json!({"id": "resp-text", "description": description}),
         )
         .await;
-
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    assert_eq!(reply.body["description"], description);
+    assert_eq!(reply["description"], description);
     let stored = app.get("responses", "resp-text").await;
     assert_eq!(stored.body["description"], description);
 }
@@ -427,11 +401,9 @@ async fn description_text_is_preserved_exactly(app: TestApp) {
 async fn both_ratings_are_accepted(app: TestApp) {
     for rating in ["thumbs_up", "thumbs_down"] {
         let reply = app
-            .create("completions", json!({"id": rating, "rating": rating}))
+            .create_ok("completions", json!({"id": rating, "rating": rating}))
             .await;
-
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        assert_eq!(reply.body["rating"], rating);
+        assert_eq!(reply["rating"], rating);
         assert_eq!(app.get("completions", rating).await.body["rating"], rating);
     }
 }

@@ -462,32 +462,28 @@ async fn export_shows_each_caller_only_its_entries_with_the_end_user_in_the_user
             .await;
         rows_of_tenant_a.push(row_of(&wide, ""));
         let reply = alice
-            .create(
+            .create_ok(
                 "completions",
                 json!({"id": format!("alice-{i}"), "rating": "thumbs_up"}),
             )
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        rows_of_tenant_a.push(row_of(&reply.body, "alice"));
-        rows_of_alice.push(row_of(&reply.body, "alice"));
+        rows_of_tenant_a.push(row_of(&reply, "alice"));
+        rows_of_alice.push(row_of(&reply, "alice"));
         let reply = bob
-            .create("completions", json!({"id": format!("bob-{i}")}))
+            .create_ok("completions", json!({"id": format!("bob-{i}")}))
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        rows_of_tenant_a.push(row_of(&reply.body, "bob"));
+        rows_of_tenant_a.push(row_of(&reply, "bob"));
         let reply = other_tenant
-            .create(
+            .create_ok(
                 "completions",
                 json!({"id": format!("wide-{i}"), "description": "tenant b"}),
             )
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        rows_of_tenant_b.push(row_of(&reply.body, ""));
+        rows_of_tenant_b.push(row_of(&reply, ""));
         let reply = other_tenants_alice
-            .create("completions", json!({"id": format!("b-alice-{i}")}))
+            .create_ok("completions", json!({"id": format!("b-alice-{i}")}))
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        rows_of_tenant_b.push(row_of(&reply.body, "alice"));
+        rows_of_tenant_b.push(row_of(&reply, "alice"));
     }
     let path = export_path("completions", "order=asc");
 

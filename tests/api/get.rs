@@ -17,23 +17,23 @@ both_stores!(
 
 async fn get_returns_the_entry_that_create_returned(app: TestApp) {
     let full = app
-        .create(
+        .create_ok(
             "responses",
             json!({"id": "resp-1", "rating": "thumbs_down", "description": "d", "model": "m"}),
         )
         .await;
-    let bare = app.create("completions", json!({"id": "chatcmpl-1"})).await;
-    assert_eq!(full.status, 201, "{}", full.text);
-    assert_eq!(bare.status, 201, "{}", bare.text);
+    let bare = app
+        .create_ok("completions", json!({"id": "chatcmpl-1"}))
+        .await;
 
     let got_full = app.get("responses", "resp-1").await;
     let got_bare = app.get("completions", "chatcmpl-1").await;
 
     assert_eq!(got_full.status, 200, "{}", got_full.text);
-    assert_eq!(got_full.body, full.body);
+    assert_eq!(got_full.body, full);
     assert_eq!(got_full.body["model"], "m");
     assert_eq!(got_bare.status, 200, "{}", got_bare.text);
-    assert_eq!(got_bare.body, bare.body);
+    assert_eq!(got_bare.body, bare);
 }
 
 async fn get_of_a_missing_id_is_404_with_the_error_envelope(app: TestApp) {
@@ -49,13 +49,11 @@ async fn get_of_a_missing_id_is_404_with_the_error_envelope(app: TestApp) {
 }
 
 async fn get_of_an_id_that_exists_only_under_the_other_kind_is_404(app: TestApp) {
-    let created = app
-        .create(
-            "responses",
-            json!({"id": "resp-only", "rating": "thumbs_up"}),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text);
+    app.create_ok(
+        "responses",
+        json!({"id": "resp-only", "rating": "thumbs_up"}),
+    )
+    .await;
 
     let reply = app.get("completions", "resp-only").await;
 
@@ -64,8 +62,7 @@ async fn get_of_an_id_that_exists_only_under_the_other_kind_is_404(app: TestApp)
 }
 
 async fn an_unknown_kind_is_404_for_get_put_and_post(app: TestApp) {
-    let created = app.create("completions", json!({"id": "x"})).await;
-    assert_eq!(created.status, 201, "{}", created.text);
+    let created = app.create_ok("completions", json!({"id": "x"})).await;
 
     let get = app.get("chats", "x").await;
     let put = app
@@ -79,15 +76,14 @@ async fn an_unknown_kind_is_404_for_get_put_and_post(app: TestApp) {
         assert_eq!(reply.status, 404, "{}", reply.text);
         assert_eq!(reply.error_code(), "not_found", "{}", reply.text);
     }
-    assert_eq!(app.get("completions", "x").await.body, created.body);
+    assert_eq!(app.get("completions", "x").await.body, created);
     assert_eq!(app.get("completions", "y").await.status, 404);
 }
 
 async fn an_entry_named_batch_is_addressed_by_get_and_put(app: TestApp) {
     let created = app
-        .create("completions", json!({"id": "batch", "rating": "thumbs_up"}))
+        .create_ok("completions", json!({"id": "batch", "rating": "thumbs_up"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     let got = app
         .send(app.request(Method::GET, "/api/v1/llm/feedback/completions/batch"))
@@ -100,7 +96,7 @@ async fn an_entry_named_batch_is_addressed_by_get_and_put(app: TestApp) {
         .await;
 
     assert_eq!(got.status, 200, "{}", got.text);
-    assert_eq!(got.body, created.body);
+    assert_eq!(got.body, created);
     assert_eq!(put.status, 200, "{}", put.text);
     assert_eq!(put.body["id"], "batch");
     assert_eq!(put.body["rating"], "thumbs_down");

@@ -167,8 +167,9 @@ pub(crate) struct TestApp {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) database_url: String,
     _shutdown: tokio::sync::oneshot::Sender<()>,
-    // Last: dropped after the server is told to stop.
-    _storage: TestStorage,
+    // Last: dropped after the server is told to stop. `None` when the
+    // caller owns the database (`spawn_app_on`).
+    _storage: Option<TestStorage>,
 }
 
 /// Serve settings for tests: port 0, no bootstrap key.
@@ -210,14 +211,64 @@ pub(crate) async fn spawn_app_with(
     backend: Backend,
     configure: impl FnOnce(&mut ServeArgs),
 ) -> TestApp {
-    init_test_logs();
     let storage = TestStorage::new(backend).await;
     let database_url = storage.url();
     let mut serve = test_serve_args();
     configure(&mut serve);
-    let app = Application::build(serve, &test_database_args(&database_url))
+    start_app(
+        backend,
+        serve,
+        &test_database_args(&database_url),
+        Some(storage),
+        |_| {},
+    )
+    .await
+}
+
+/// Starts the application with more background workers, registered by
+/// `register` before it serves.
+pub(crate) async fn spawn_app_with_workers(
+    backend: Backend,
+    register: impl FnOnce(&mut Application),
+) -> TestApp {
+    let storage = TestStorage::new(backend).await;
+    let database_url = storage.url();
+    start_app(
+        backend,
+        test_serve_args(),
+        &test_database_args(&database_url),
+        Some(storage),
+        register,
+    )
+    .await
+}
+
+/// Starts the application on a database the caller owns (e.g. a throwaway
+/// cluster, or one database shared by several replicas).
+pub(crate) async fn spawn_app_on(database: &DatabaseArgs) -> TestApp {
+    let backend = match database.database_url {
+        DatabaseUrl::Sqlite(_) => Backend::Sqlite,
+        DatabaseUrl::Postgres(_) => Backend::Postgres,
+    };
+    start_app(backend, test_serve_args(), database, None, |_| {}).await
+}
+
+async fn start_app(
+    backend: Backend,
+    serve: ServeArgs,
+    database: &DatabaseArgs,
+    storage: Option<TestStorage>,
+    register: impl FnOnce(&mut Application),
+) -> TestApp {
+    init_test_logs();
+    let database_url = match &database.database_url {
+        DatabaseUrl::Postgres(url) => url.clone(),
+        DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+    };
+    let mut app = Application::build(serve, database)
         .await
         .expect("the application failed to start");
+    register(&mut app);
     let address = format!("http://{}", app.local_addr().expect("bound address"));
     let store = app.store();
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -332,6 +383,21 @@ impl TestApp {
         Reply::read(request.send().await.expect("request failed")).await
     }
 
+    /// Sends `method path` with `key` (and a JSON body) and reads the answer.
+    pub(crate) async fn send_as(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
     /// `POST /api/v1/llm/feedback/{kind}` with a JSON body.
     pub(crate) async fn create(&self, kind: &str, body: Value) -> Reply {
         self.send(
@@ -437,6 +503,13 @@ impl Caller<'_> {
                     .json(&body),
             )
             .await
+    }
+
+    /// Creates an entry, asserts the `201`, returns the created entry.
+    pub(crate) async fn create_ok(&self, kind: &str, body: Value) -> Value {
+        let reply = self.create(kind, body).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.body
     }
 
     pub(crate) async fn update(&self, kind: &str, id: &str, body: Value) -> Reply {

@@ -195,8 +195,7 @@ async fn timed(app: &TestApp, request: reqwest::RequestBuilder) -> (Reply, Durat
 async fn a_write_blocked_past_the_request_timeout_is_503_unavailable_and_the_app_recovers(
     app: TestApp,
 ) {
-    let created = app.create("responses", json!({"id": "held"})).await;
-    assert_eq!(created.status, 201, "{}", created.text);
+    app.create_ok("responses", json!({"id": "held"})).await;
     let lock = WriteLock::hold(&app, &["held"]).await;
 
     let mut blocked = vec![(
@@ -234,10 +233,8 @@ async fn a_write_blocked_past_the_request_timeout_is_503_unavailable_and_the_app
     // Reads do not wait for the lock, so they fit in the deadline.
     assert_eq!(read.status, 200, "{}", read.text);
     // Once the lock is gone, writes succeed again.
-    let after = app
-        .create("responses", json!({"id": "after-release"}))
+    app.create_ok("responses", json!({"id": "after-release"}))
         .await;
-    assert_eq!(after.status, 201, "{}", after.text);
     let updated = app
         .update("responses", "held", json!({"description": "after"}))
         .await;
@@ -251,8 +248,7 @@ async fn api_requests_beyond_max_concurrent_requests_are_shed_at_once_while_prob
     })
     .await;
     for id in ["held-1", "held-2"] {
-        let created = app.create("responses", json!({"id": id})).await;
-        assert_eq!(created.status, 201, "{}", created.text);
+        app.create_ok("responses", json!({"id": id})).await;
     }
     let mut lock = WriteLock::hold(&app, &["held-1", "held-2"]).await;
     let in_flight: Vec<_> = ["held-1", "held-2"]
@@ -314,10 +310,8 @@ async fn api_requests_beyond_max_concurrent_requests_are_shed_at_once_while_prob
         let reply = app.get("responses", id).await;
         assert_eq!(reply.status, 200, "{id}: {}", reply.text);
     }
-    let created = app
-        .create("responses", json!({"id": "after-shedding"}))
+    app.create_ok("responses", json!({"id": "after-shedding"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 }
 
 async fn a_key_over_its_burst_is_429_with_retry_after_until_its_bucket_refills(app: TestApp) {
@@ -470,8 +464,7 @@ async fn a_preflight_from_the_allowed_origin_is_answered_without_a_key(app: Test
 }
 
 async fn a_cross_origin_request_from_the_allowed_origin_can_read_the_request_id(app: TestApp) {
-    let created = app.create("responses", json!({"id": "resp-cors"})).await;
-    assert_eq!(created.status, 201, "{}", created.text);
+    app.create_ok("responses", json!({"id": "resp-cors"})).await;
 
     let reply = app
         .send(

@@ -700,41 +700,37 @@ async fn list_shows_each_caller_only_its_tenants_and_end_users_entries(app: Test
             .await;
         tenant_a.push(wide);
         let reply = alice
-            .create(
+            .create_ok(
                 "completions",
                 json!({"id": format!("alice-{i}"), "rating": "thumbs_up"}),
             )
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        tenant_a.push(reply.body.clone());
-        of_alice.push(reply.body);
+        tenant_a.push(reply.clone());
+        of_alice.push(reply);
         let reply = bob
-            .create(
+            .create_ok(
                 "completions",
                 json!({"id": format!("bob-{i}"), "rating": "thumbs_down"}),
             )
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        tenant_a.push(reply.body.clone());
-        of_bob.push(reply.body);
+        tenant_a.push(reply.clone());
+        of_bob.push(reply);
         // Tenant B reuses tenant A's ids, with other content.
         let reply = other_tenant
-            .create(
+            .create_ok(
                 "completions",
                 json!({"id": format!("wide-{i}"), "description": "tenant b"}),
             )
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        of_tenant_b.push(reply.body);
+        of_tenant_b.push(reply);
         let reply = other_tenants_alice
-            .create(
+            .create_ok(
                 "completions",
                 json!({"id": format!("b-alice-{i}"), "model": "b-model"}),
             )
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-        of_tenant_b.push(reply.body.clone());
-        of_tenant_b_alice.push(reply.body);
+        of_tenant_b.push(reply.clone());
+        of_tenant_b_alice.push(reply);
     }
 
     let as_tenant_a = app.list("completions", "order=asc&limit=100").await;
@@ -815,25 +811,21 @@ async fn batch_get_finds_nothing_of_another_tenant_another_end_user_or_the_other
     let bob = app.as_caller(&app.api_key, Some("bob"));
     let wide = app.create_ok("completions", json!({"id": "wide"})).await;
     let alices = alice
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "alices", "rating": "thumbs_up"}),
         )
         .await;
-    assert_eq!(alices.status, 201, "{}", alices.text);
-    let bobs = bob.create("completions", json!({"id": "bobs"})).await;
-    assert_eq!(bobs.status, 201, "{}", bobs.text);
+    let bobs = bob.create_ok("completions", json!({"id": "bobs"})).await;
     let foreign = other_tenant
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "foreign", "rating": "thumbs_down"}),
         )
         .await;
-    assert_eq!(foreign.status, 201, "{}", foreign.text);
     let foreign_wide = other_tenant
-        .create("completions", json!({"id": "wide", "description": "b's"}))
+        .create_ok("completions", json!({"id": "wide", "description": "b's"}))
         .await;
-    assert_eq!(foreign_wide.status, 201, "{}", foreign_wide.text);
     let response = app
         .create_ok("responses", json!({"id": "a-response"}))
         .await;
@@ -848,14 +840,14 @@ async fn batch_get_finds_nothing_of_another_tenant_another_end_user_or_the_other
     assert_eq!(
         as_tenant.body,
         json!({"results": [
-            wide, alices.body, bobs.body, not_found("foreign"), not_found("a-response"),
+            wide, alices, bobs, not_found("foreign"), not_found("a-response"),
         ]})
     );
     assert_eq!(as_alice.status, 200, "{}", as_alice.text);
     assert_eq!(
         as_alice.body,
         json!({"results": [
-            not_found("wide"), alices.body, not_found("bobs"), not_found("foreign"),
+            not_found("wide"), alices, not_found("bobs"), not_found("foreign"),
             not_found("a-response"),
         ]})
     );
@@ -863,7 +855,7 @@ async fn batch_get_finds_nothing_of_another_tenant_another_end_user_or_the_other
     assert_eq!(
         as_other_tenant.body,
         json!({"results": [
-            foreign_wide.body, not_found("alices"), not_found("bobs"), foreign.body,
+            foreign_wide, not_found("alices"), not_found("bobs"), foreign,
             not_found("a-response"),
         ]})
     );

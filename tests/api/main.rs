@@ -48,3 +48,4 @@ mod scoping;
 mod shutdown;
 mod timestamps;
 mod update;
+mod workers;

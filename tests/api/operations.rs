@@ -204,10 +204,8 @@ async fn metrics_count_requests_by_method_route_template_and_status(app: TestApp
     let missing = format!("missing-{}", uuid::Uuid::new_v4().simple());
     let before = scrape(&app).await;
 
-    let created = app
-        .create("responses", json!({"id": id, "rating": "thumbs_down"}))
+    app.create_ok("responses", json!({"id": id, "rating": "thumbs_down"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
     let updated = app
         .update("responses", &id, json!({"rating": "thumbs_up"}))
         .await;
@@ -272,10 +270,8 @@ async fn metrics_count_creates_updates_and_auth_failures(app: TestApp) {
     let id = format!("counted-{}", uuid::Uuid::new_v4().simple());
     let before = scrape(&app).await;
 
-    let created = app
-        .create("responses", json!({"id": id, "rating": "thumbs_down"}))
+    app.create_ok("responses", json!({"id": id, "rating": "thumbs_down"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
     let updated = app
         .update("responses", &id, json!({"rating": "thumbs_up"}))
         .await;
@@ -314,11 +310,9 @@ async fn metrics_never_hold_ids_or_keys_from_requests(app: TestApp) {
     let end_user = format!("user-{marker}");
     let bad_key = format!("lfk_{marker}badbadbad");
 
-    let created = app
-        .as_caller(&app.api_key, Some(&end_user))
-        .create("completions", json!({"id": id, "description": marker}))
+    app.as_caller(&app.api_key, Some(&end_user))
+        .create_ok("completions", json!({"id": id, "description": marker}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
     for reply in [
         app.get("completions", &id).await,
         app.get("completions", &format!("{id}-missing")).await,
@@ -344,8 +338,7 @@ async fn metrics_never_hold_ids_or_keys_from_requests(app: TestApp) {
 }
 
 async fn metrics_show_the_connection_pools_of_the_store(app: TestApp) {
-    let created = app.create("responses", json!({"id": "pool-1"})).await;
-    assert_eq!(created.status, 201, "{}", created.text);
+    app.create_ok("responses", json!({"id": "pool-1"})).await;
 
     let scrape = scrape(&app).await;
 

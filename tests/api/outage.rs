@@ -5,20 +5,17 @@
 //! acknowledged write in place.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use llm_feedback::Application;
 use llm_feedback::auth::{KEY_CACHE_TTL, generate_key};
 use llm_feedback::config::DatabaseArgs;
 use llm_feedback::feedback::TenantId;
-use llm_feedback::store::Store;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::cluster::ThrowawayCluster;
-use crate::helpers::{Reply, init_test_logs, test_database_args, test_serve_args};
+use crate::helpers::{Reply, TestApp, spawn_app_on, test_database_args};
 
 /// API.md: "answers 503 unavailable within about 2 seconds".
 const UNAVAILABLE_WITHIN: Duration = Duration::from_millis(2500);
@@ -28,72 +25,6 @@ const NOT_READY_WITHIN: Duration = Duration::from_millis(1500);
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `DATABASE_ACQUIRE_TIMEOUT_MS` as in production (its default).
 const PRODUCTION_ACQUIRE_TIMEOUT_MS: u64 = 1500;
-
-/// The production `Application` serving from a given database, on a port of
-/// its own; told to stop when dropped.
-pub(crate) struct RunningApp {
-    /// `http://127.0.0.1:PORT`
-    pub(crate) address: String,
-    pub(crate) client: reqwest::Client,
-    pub(crate) store: Arc<dyn Store>,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-impl RunningApp {
-    /// Builds and serves the application with test serve settings.
-    pub(crate) async fn start(database: &DatabaseArgs) -> Self {
-        init_test_logs();
-        let app = Application::build(test_serve_args(), database)
-            .await
-            .expect("the application failed to start");
-        let address = format!("http://{}", app.local_addr().expect("bound address"));
-        let store = app.store();
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            address,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("HTTP client"),
-            store,
-            _shutdown: shutdown,
-        }
-    }
-
-    /// A new key for `tenant`, provisioned as `keys create` does.
-    pub(crate) async fn new_key(&self, tenant: &str) -> String {
-        let key = generate_key(TenantId::parse(tenant).expect("valid tenant"), None);
-        assert!(
-            self.store
-                .insert_api_key(&key.record)
-                .await
-                .expect("insert key")
-        );
-        key.secret
-    }
-
-    pub(crate) fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
-    }
-
-    /// Sends `method path` with `key` (and a JSON body) and reads the answer.
-    pub(crate) async fn send(
-        &self,
-        key: &str,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Reply {
-        let mut request = self.client.request(method, self.url(path)).bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        Reply::read(request.send().await.expect("request failed")).await
-    }
-}
 
 /// How the cluster goes away.
 #[derive(Debug, Clone, Copy)]
@@ -125,8 +56,8 @@ struct Probe {
 }
 
 impl Probe {
-    fn send<'a>(&'a self, app: &'a RunningApp) -> impl Future<Output = Reply> + 'a {
-        app.send(
+    fn send<'a>(&'a self, app: &'a TestApp) -> impl Future<Output = Reply> + 'a {
+        app.send_as(
             &self.key,
             self.method.clone(),
             self.path,
@@ -149,15 +80,15 @@ fn assert_unavailable(round: &str, probes: &[Probe], answers: &[(Reply, Duration
 }
 
 /// `/readyz` is `503` in time, `/healthz` `200`.
-async fn assert_not_ready_but_alive(app: &RunningApp, round: &str) {
-    let (ready, elapsed) = timed(app.send("", Method::GET, "/readyz", None)).await;
+async fn assert_not_ready_but_alive(app: &TestApp, round: &str) {
+    let (ready, elapsed) = timed(app.send_as("", Method::GET, "/readyz", None)).await;
     assert_eq!(ready.status, 503, "{round}, /readyz: {}", ready.text);
     assert_eq!(ready.error_code(), "unavailable", "{}", ready.text);
     assert!(
         elapsed < NOT_READY_WITHIN,
         "{round}: /readyz answered after {elapsed:?}"
     );
-    let health = app.send("", Method::GET, "/healthz", None).await;
+    let health = app.send_as("", Method::GET, "/healthz", None).await;
     assert_eq!(health.status, 200, "{round}, /healthz: {}", health.text);
 }
 
@@ -185,7 +116,7 @@ async fn postgres_outage(stop: Stop, test: &str) {
     let Some(mut cluster) = ThrowawayCluster::create(test).await else {
         return;
     };
-    let app = RunningApp::start(&DatabaseArgs {
+    let app = spawn_app_on(&DatabaseArgs {
         database_acquire_timeout_ms: PRODUCTION_ACQUIRE_TIMEOUT_MS,
         ..test_database_args(&cluster.url())
     })
@@ -240,7 +171,7 @@ struct Keys {
 }
 
 /// Creates [`ENTRIES`] and updates one: the acknowledged `(path, entry)`s.
-async fn write_entries(app: &RunningApp, key: &str) -> Vec<(String, Value)> {
+async fn write_entries(app: &TestApp, key: &str) -> Vec<(String, Value)> {
     let bodies = [
         json!({"id": ENTRIES[0].1, "rating": "thumbs_up", "description": "before the outage", "model": "gpt-4o"}),
         json!({"id": ENTRIES[1].1, "rating": "thumbs_down"}),
@@ -251,7 +182,7 @@ async fn write_entries(app: &RunningApp, key: &str) -> Vec<(String, Value)> {
     let mut acknowledged = Vec::new();
     for ((kind, id), body) in ENTRIES.iter().zip(&bodies) {
         let created = app
-            .send(
+            .send_as(
                 key,
                 Method::POST,
                 &format!("/api/v1/llm/feedback/{kind}"),
@@ -262,7 +193,7 @@ async fn write_entries(app: &RunningApp, key: &str) -> Vec<(String, Value)> {
         acknowledged.push((entry_path(kind, id), created.body));
     }
     let updated = app
-        .send(
+        .send_as(
             key,
             Method::PUT,
             &acknowledged[4].0,
@@ -347,10 +278,10 @@ fn probes(keys: &Keys) -> Vec<Probe> {
 }
 
 /// Polls `GET path` until it is `200`; only `503` is acceptable meanwhile.
-async fn wait_until_served(app: &RunningApp, key: &str, path: &str) {
+async fn wait_until_served(app: &TestApp, key: &str, path: &str) {
     let restarted = Instant::now();
     loop {
-        let reply = app.send(key, Method::GET, path, None).await;
+        let reply = app.send_as(key, Method::GET, path, None).await;
         if reply.status == 200 {
             return;
         }
@@ -368,30 +299,30 @@ async fn wait_until_served(app: &RunningApp, key: &str, path: &str) {
 
 /// Ready again, every acknowledged entry as it was, no write answered 503
 /// applied, new writes accepted.
-async fn assert_recovered(app: &RunningApp, keys: &Keys, acknowledged: &[(String, Value)]) {
+async fn assert_recovered(app: &TestApp, keys: &Keys, acknowledged: &[(String, Value)]) {
     // `/readyz` serves an outcome again for a second: the last "not ready"
     // may still be the answer just after the database came back.
-    let mut ready = app.send("", Method::GET, "/readyz", None).await;
+    let mut ready = app.send_as("", Method::GET, "/readyz", None).await;
     let recovered = Instant::now();
     while ready.status == 503 && recovered.elapsed() < Duration::from_millis(1500) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        ready = app.send("", Method::GET, "/readyz", None).await;
+        ready = app.send_as("", Method::GET, "/readyz", None).await;
     }
     assert_eq!(ready.status, 200, "/readyz after recovery: {}", ready.text);
     for (path, body) in acknowledged {
         for key in [&keys.used, &keys.unused] {
-            let stored = app.send(key, Method::GET, path, None).await;
+            let stored = app.send_as(key, Method::GET, path, None).await;
             assert_eq!(stored.status, 200, "{path}: {}", stored.text);
             assert_eq!(&stored.body, body, "{path} changed across the outage");
         }
     }
     for id in ["resp-during-outage", "resp-during-outage-2"] {
         let path = entry_path("responses", id);
-        let missing = app.send(&keys.used, Method::GET, &path, None).await;
+        let missing = app.send_as(&keys.used, Method::GET, &path, None).await;
         assert_eq!(missing.status, 404, "{path}: {}", missing.text);
     }
     let created = app
-        .send(
+        .send_as(
             &keys.unused,
             Method::POST,
             "/api/v1/llm/feedback/responses",
@@ -400,7 +331,7 @@ async fn assert_recovered(app: &RunningApp, keys: &Keys, acknowledged: &[(String
         .await;
     assert_eq!(created.status, 201, "{}", created.text);
     let updated = app
-        .send(
+        .send_as(
             &keys.used,
             Method::PUT,
             &acknowledged[0].0,
@@ -411,7 +342,7 @@ async fn assert_recovered(app: &RunningApp, keys: &Keys, acknowledged: &[(String
     assert_eq!(updated.body["description"], "after the outage");
     assert_eq!(updated.body["rating"], "thumbs_up");
     let stored = app
-        .send(
+        .send_as(
             &keys.used,
             Method::GET,
             &entry_path("responses", "resp-after-outage"),

@@ -11,8 +11,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::cli::{llm_feedback_on, run};
+use crate::helpers::spawn_app_on;
 use crate::helpers::{Reply, TestApp, TestDatabase, test_database_args};
-use crate::outage::RunningApp;
 
 /// Replicas behind the imaginary load balancer.
 const REPLICAS: usize = 3;
@@ -24,7 +24,7 @@ const REVOCATION_WITHIN: Duration = Duration::from_secs(5);
 
 /// Three applications on one fresh database, and a key of `tenant-a`.
 struct Replicas {
-    apps: Vec<RunningApp>,
+    apps: Vec<TestApp>,
     key: String,
     // Last: dropped once the apps are told to stop.
     database: TestDatabase,
@@ -35,7 +35,7 @@ impl Replicas {
         let database = TestDatabase::create().await;
         let mut apps = Vec::new();
         for _ in 0..REPLICAS {
-            apps.push(RunningApp::start(&test_database_args(&database.url)).await);
+            apps.push(spawn_app_on(&test_database_args(&database.url)).await);
         }
         let key = apps[0].new_key("tenant-a").await;
         Self {
@@ -46,7 +46,7 @@ impl Replicas {
     }
 
     /// The replica the `n`th request goes to (round robin).
-    fn nth(&self, n: usize) -> &RunningApp {
+    fn nth(&self, n: usize) -> &TestApp {
         &self.apps[n % self.apps.len()]
     }
 
@@ -83,7 +83,7 @@ async fn concurrent_creates_of_one_id_spread_over_three_replicas_have_exactly_on
         .collect();
 
     let replies = join_all(bodies.iter().enumerate().map(|(i, body)| {
-        replicas.nth(i).send(
+        replicas.nth(i).send_as(
             &replicas.key,
             Method::POST,
             "/api/v1/llm/feedback/responses",
@@ -101,7 +101,7 @@ async fn concurrent_creates_of_one_id_spread_over_three_replicas_have_exactly_on
     }
     for app in &replicas.apps {
         let stored = app
-            .send(&replicas.key, Method::GET, &entry_path("resp-race"), None)
+            .send_as(&replicas.key, Method::GET, &entry_path("resp-race"), None)
             .await;
         assert_eq!(stored.status, 200, "{}: {}", app.address, stored.text);
         assert_eq!(stored.body, winners[0].body, "{}", app.address);
@@ -109,8 +109,8 @@ async fn concurrent_creates_of_one_id_spread_over_three_replicas_have_exactly_on
 }
 
 /// `GET` of the entry the doomed key created.
-async fn get_revoked(app: &RunningApp, key: &str) -> Reply {
-    app.send(key, Method::GET, &entry_path("resp-revoked"), None)
+async fn get_revoked(app: &TestApp, key: &str) -> Reply {
+    app.send_as(key, Method::GET, &entry_path("resp-revoked"), None)
         .await
 }
 
@@ -120,7 +120,7 @@ async fn a_key_revoked_with_the_cli_is_refused_by_all_three_replicas_within_5_se
     let doomed = replicas.apps[1].new_key("tenant-b").await;
     let created = replicas
         .nth(2)
-        .send(
+        .send_as(
             &doomed,
             Method::POST,
             "/api/v1/llm/feedback/responses",
@@ -169,7 +169,7 @@ async fn a_key_revoked_with_the_cli_is_refused_by_all_three_replicas_within_5_se
             reply.text
         );
         let other = app
-            .send(&replicas.key, Method::GET, &entry_path("resp-x"), None)
+            .send_as(&replicas.key, Method::GET, &entry_path("resp-x"), None)
             .await;
         assert_eq!(
             other.status, 404,
@@ -190,7 +190,7 @@ async fn concurrent_updates_spread_over_three_replicas_never_lose_a_field() {
         let id = format!("resp-contended-{round}");
         let created = replicas
             .nth(round)
-            .send(
+            .send_as(
                 &replicas.key,
                 Method::POST,
                 "/api/v1/llm/feedback/responses",
@@ -223,7 +223,7 @@ async fn concurrent_updates_spread_over_three_replicas_never_lose_a_field() {
         let replies = join_all(bodies.iter().enumerate().map(|(i, body)| {
             replicas
                 .nth(i)
-                .send(&replicas.key, Method::PUT, &path, Some(body))
+                .send_as(&replicas.key, Method::PUT, &path, Some(body))
         }))
         .await;
 
@@ -237,7 +237,7 @@ async fn concurrent_updates_spread_over_three_replicas_never_lose_a_field() {
         }
         let mut seen = Vec::new();
         for app in &replicas.apps {
-            let stored = app.send(&replicas.key, Method::GET, &path, None).await;
+            let stored = app.send_as(&replicas.key, Method::GET, &path, None).await;
             assert_eq!(stored.status, 200, "{}", stored.text);
             assert!(
                 matches!(

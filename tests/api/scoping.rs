@@ -50,20 +50,18 @@ fn assert_bad_end_user(reply: &Reply, what: &str) {
 async fn tenants_get_404_for_each_others_entries(app: TestApp) {
     let tenant_b = app.new_key("tenant-b").await;
     let of_a = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-a", "rating": "thumbs_up"}),
         )
         .await;
     let of_b = app
         .as_caller(&tenant_b, None)
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-b", "rating": "thumbs_up"}),
         )
         .await;
-    assert_eq!(of_a.status, 201, "{}", of_a.text);
-    assert_eq!(of_b.status, 201, "{}", of_b.text);
 
     let b_reads_a = app
         .as_caller(&tenant_b, None)
@@ -76,23 +74,22 @@ async fn tenants_get_404_for_each_others_entries(app: TestApp) {
     assert_eq!(a_reads_b.status, 404, "{}", a_reads_b.text);
     assert_eq!(a_reads_b.error_code(), "not_found");
     // Each still sees its own.
-    assert_eq!(app.get("completions", "chatcmpl-a").await.body, of_a.body);
+    assert_eq!(app.get("completions", "chatcmpl-a").await.body, of_a);
     let own_b = app
         .as_caller(&tenant_b, None)
         .get("completions", "chatcmpl-b")
         .await;
-    assert_eq!(own_b.body, of_b.body);
+    assert_eq!(own_b.body, of_b);
 }
 
 async fn another_tenants_put_is_404_and_leaves_the_entry_unchanged(app: TestApp) {
     let tenant_b = app.new_key("tenant-b").await;
     let created = app
-        .create(
+        .create_ok(
             "responses",
             json!({"id": "resp-1", "rating": "thumbs_up", "description": "mine"}),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     let changed = app
         .as_caller(&tenant_b, None)
@@ -112,7 +109,7 @@ async fn another_tenants_put_is_404_and_leaves_the_entry_unchanged(app: TestApp)
     assert_eq!(emptied.status, 404, "{}", emptied.text);
     assert_eq!(emptied.error_code(), "not_found");
     let stored = app.get("responses", "resp-1").await;
-    assert_eq!(stored.body, created.body);
+    assert_eq!(stored.body, created);
     // Nothing was created for tenant B either.
     let of_b = app
         .as_caller(&tenant_b, None)
@@ -124,16 +121,15 @@ async fn another_tenants_put_is_404_and_leaves_the_entry_unchanged(app: TestApp)
 async fn another_tenant_can_create_the_same_id_independently(app: TestApp) {
     let tenant_b = app.new_key("tenant-b").await;
     let of_a = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-same", "rating": "thumbs_up", "description": "from A"}),
         )
         .await;
-    assert_eq!(of_a.status, 201, "{}", of_a.text);
 
     let of_b = app
         .as_caller(&tenant_b, None)
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-same", "rating": "thumbs_down", "description": "from B"}),
         )
@@ -147,11 +143,10 @@ async fn another_tenant_can_create_the_same_id_independently(app: TestApp) {
         )
         .await;
 
-    assert_eq!(of_b.status, 201, "{}", of_b.text);
-    assert_eq!(of_b.body["rating"], "thumbs_down");
+    assert_eq!(of_b["rating"], "thumbs_down");
     assert_eq!(b_updates.status, 200, "{}", b_updates.text);
     let seen_by_a = app.get("completions", "chatcmpl-same").await;
-    assert_eq!(seen_by_a.body, of_a.body);
+    assert_eq!(seen_by_a.body, of_a);
     let seen_by_b = app
         .as_caller(&tenant_b, None)
         .get("completions", "chatcmpl-same")
@@ -164,9 +159,8 @@ async fn another_tenant_can_create_the_same_id_independently(app: TestApp) {
 async fn an_entry_created_for_an_end_user_is_visible_to_that_user_and_to_the_tenant(app: TestApp) {
     let user_1 = app.as_caller(&app.api_key, Some("user-1"));
     let created = user_1
-        .create("responses", json!({"id": "resp-1", "rating": "thumbs_up"}))
+        .create_ok("responses", json!({"id": "resp-1", "rating": "thumbs_up"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     let by_user = user_1.get("responses", "resp-1").await;
     let by_tenant = app.get("responses", "resp-1").await;
@@ -178,9 +172,9 @@ async fn an_entry_created_for_an_end_user_is_visible_to_that_user_and_to_the_ten
         .await;
 
     assert_eq!(by_user.status, 200, "{}", by_user.text);
-    assert_eq!(by_user.body, created.body);
+    assert_eq!(by_user.body, created);
     assert_eq!(by_tenant.status, 200, "{}", by_tenant.text);
-    assert_eq!(by_tenant.body, created.body);
+    assert_eq!(by_tenant.body, created);
     assert_eq!(updated_by_tenant.status, 200, "{}", updated_by_tenant.text);
     assert_eq!(updated_by_user.status, 200, "{}", updated_by_user.text);
     assert_eq!(updated_by_user.body["description"], "tenant note");
@@ -191,12 +185,11 @@ async fn another_end_user_gets_404_on_get_and_put_and_the_entry_is_unchanged(app
     let user_1 = app.as_caller(&app.api_key, Some("user-1"));
     let user_2 = app.as_caller(&app.api_key, Some("user-2"));
     let created = user_1
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-1", "rating": "thumbs_up", "description": "user 1"}),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     let read = user_2.get("completions", "chatcmpl-1").await;
     let write = user_2
@@ -211,24 +204,17 @@ async fn another_end_user_gets_404_on_get_and_put_and_the_entry_is_unchanged(app
     assert_eq!(read.error_code(), "not_found");
     assert_eq!(write.status, 404, "{}", write.text);
     assert_eq!(write.error_code(), "not_found");
-    assert_eq!(
-        user_1.get("completions", "chatcmpl-1").await.body,
-        created.body
-    );
-    assert_eq!(
-        app.get("completions", "chatcmpl-1").await.body,
-        created.body
-    );
+    assert_eq!(user_1.get("completions", "chatcmpl-1").await.body, created);
+    assert_eq!(app.get("completions", "chatcmpl-1").await.body, created);
 }
 
 async fn an_entry_created_tenant_wide_is_404_for_an_end_user(app: TestApp) {
     let created = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-1", "rating": "thumbs_up"}),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
     let user_1 = app.as_caller(&app.api_key, Some("user-1"));
 
     let read = user_1.get("completions", "chatcmpl-1").await;
@@ -244,19 +230,15 @@ async fn an_entry_created_tenant_wide_is_404_for_an_end_user(app: TestApp) {
     assert_eq!(read.error_code(), "not_found");
     assert_eq!(write.status, 404, "{}", write.text);
     assert_eq!(write.error_code(), "not_found");
-    assert_eq!(
-        app.get("completions", "chatcmpl-1").await.body,
-        created.body
-    );
+    assert_eq!(app.get("completions", "chatcmpl-1").await.body, created);
 }
 
 async fn creating_an_id_that_another_end_user_rated_is_409(app: TestApp) {
     let user_1 = app.as_caller(&app.api_key, Some("user-1"));
     let user_2 = app.as_caller(&app.api_key, Some("user-2"));
     let created = user_1
-        .create("responses", json!({"id": "resp-1", "rating": "thumbs_up"}))
+        .create_ok("responses", json!({"id": "resp-1", "rating": "thumbs_up"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     let by_other_user = user_2
         .create(
@@ -272,7 +254,7 @@ async fn creating_an_id_that_another_end_user_rated_is_409(app: TestApp) {
     assert_eq!(by_other_user.error_code(), "conflict");
     assert_eq!(tenant_wide.status, 409, "{}", tenant_wide.text);
     assert_eq!(tenant_wide.error_code(), "conflict");
-    assert_eq!(user_1.get("responses", "resp-1").await.body, created.body);
+    assert_eq!(user_1.get("responses", "resp-1").await.body, created);
     let still_hidden = user_2.get("responses", "resp-1").await;
     assert_eq!(still_hidden.status, 404, "{}", still_hidden.text);
 }
@@ -302,8 +284,9 @@ fn bad_end_users() -> Vec<(&'static str, HeaderValue)> {
 }
 
 async fn bad_on_behalf_of_values_are_400_naming_the_header(app: TestApp) {
-    let created = app.create("completions", json!({"id": "chatcmpl-1"})).await;
-    assert_eq!(created.status, 201, "{}", created.text);
+    let created = app
+        .create_ok("completions", json!({"id": "chatcmpl-1"}))
+        .await;
 
     for (what, value) in bad_end_users() {
         let read = app
@@ -323,10 +306,7 @@ async fn bad_on_behalf_of_values_are_400_naming_the_header(app: TestApp) {
         assert_bad_end_user(&read, &format!("GET, {what}"));
         assert_bad_end_user(&write, &format!("PUT, {what}"));
     }
-    assert_eq!(
-        app.get("completions", "chatcmpl-1").await.body,
-        created.body
-    );
+    assert_eq!(app.get("completions", "chatcmpl-1").await.body, created);
 }
 
 async fn a_bad_on_behalf_of_on_create_stores_nothing(app: TestApp) {
@@ -356,13 +336,12 @@ async fn an_on_behalf_of_of_256_printable_characters_with_spaces_is_accepted(app
     let user = app.as_caller(&app.api_key, Some(&end_user));
 
     let created = user
-        .create("responses", json!({"id": "resp-1", "rating": "thumbs_up"}))
+        .create_ok("responses", json!({"id": "resp-1", "rating": "thumbs_up"}))
         .await;
     let read = user.get("responses", "resp-1").await;
 
-    assert_eq!(created.status, 201, "{}", created.text);
     assert_eq!(read.status, 200, "{}", read.text);
-    assert_eq!(read.body, created.body);
+    assert_eq!(read.body, created);
     let other = app
         .as_caller(&app.api_key, Some(&format!("a{middle}y")))
         .get("responses", "resp-1")
@@ -371,11 +350,9 @@ async fn an_on_behalf_of_of_256_printable_characters_with_spaces_is_accepted(app
 }
 
 async fn two_on_behalf_of_headers_are_400(app: TestApp) {
-    let created = app
-        .as_caller(&app.api_key, Some("user-1"))
-        .create("completions", json!({"id": "chatcmpl-1"}))
+    app.as_caller(&app.api_key, Some("user-1"))
+        .create_ok("completions", json!({"id": "chatcmpl-1"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     for (first, second) in [("user-1", "user-2"), ("user-1", "user-1")] {
         let read = app

@@ -457,3 +457,70 @@ async fn with_shutdown_timeout_secs_1_a_request_blocked_longer_does_not_hold_up_
     }
     drop(database);
 }
+
+/// The `message`s of the JSON log events among `lines`, each with its
+/// `worker` field (empty when it has none).
+fn log_events(lines: &[String]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|event| {
+            let field = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
+            (field("message"), field("worker"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_background_workers_after_the_drain_the_last_started_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("feedback.db").display());
+    let (mut server, base) = serve(&url, &bootstrap_secret(), &[]).await;
+    // Once a request is answered, the signal handler is surely installed
+    // (it is set up as serving starts, just after the `listening` line).
+    let health = client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("GET /healthz");
+    assert_eq!(health.status(), 200);
+
+    server.signal("TERM");
+    let status = server.wait_for_exit(STOP_TIMEOUT).await;
+
+    let seen = server.seen.join("\n");
+    assert_eq!(status.code(), Some(0), "{seen}");
+    let events = log_events(&server.seen);
+    let workers = |message: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|(m, _)| m == message)
+            .map(|(_, worker)| worker.as_str())
+            .collect()
+    };
+    assert_eq!(
+        workers("worker started"),
+        ["metrics-upkeep", "key-set-reloader"],
+        "{seen}"
+    );
+    assert_eq!(
+        workers("worker stopped"),
+        ["key-set-reloader", "metrics-upkeep"],
+        "{seen}"
+    );
+    let position = |message: &str| {
+        events
+            .iter()
+            .position(|(m, _)| m == message)
+            .unwrap_or_else(|| panic!("no {message:?} line: {seen}"))
+    };
+    let last_worker_stopped = events
+        .iter()
+        .rposition(|(m, _)| m == "worker stopped")
+        .unwrap_or_default();
+    assert!(
+        position("shutting down: draining in-flight requests") < position("worker stopped"),
+        "{seen}"
+    );
+    assert!(last_worker_stopped < position("stopped"), "{seen}");
+}

@@ -43,12 +43,11 @@ async fn create_rated(app: &TestApp, id: &str) -> Reply {
 
 async fn put_of_the_brief_example_returns_200_with_exactly_those_values(app: TestApp) {
     let created = app
-        .create(
+        .create_ok(
             "completions",
             json!({"id": "chatcmpl-abc123def456", "rating": "thumbs_up"}),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
 
     let reply = app
         .update(
@@ -67,11 +66,11 @@ async fn put_of_the_brief_example_returns_200_with_exactly_those_values(app: Tes
                 "rating": "thumbs_down",
                 "description": "Could be more detailed.",
             }),
-            &created.body["createdAt"],
+            &created["createdAt"],
             &reply.body["updatedAt"],
         )
     );
-    assert!(timestamp(&reply.body["updatedAt"]) >= timestamp(&created.body["updatedAt"]));
+    assert!(timestamp(&reply.body["updatedAt"]) >= timestamp(&created["updatedAt"]));
     let stored = app.get("completions", "chatcmpl-abc123def456").await;
     assert_eq!(stored.body, reply.body);
 }
@@ -142,8 +141,8 @@ async fn put_with_null_description_clears_it(app: TestApp) {
 
 async fn put_with_a_rating_replaces_it(app: TestApp) {
     create_rated(&app, "chatcmpl-1").await;
-    let unrated = app.create("completions", json!({"id": "chatcmpl-2"})).await;
-    assert_eq!(unrated.status, 201, "{}", unrated.text);
+    app.create_ok("completions", json!({"id": "chatcmpl-2"}))
+        .await;
 
     let replaced = app
         .update(
@@ -201,27 +200,26 @@ async fn put_with_an_empty_description_sets_an_empty_string(app: TestApp) {
 
 async fn put_with_an_empty_object_changes_only_updated_at(app: TestApp) {
     let created = app
-        .create(
+        .create_ok(
             "responses",
             json!({"id": "resp-1", "rating": "thumbs_down", "description": "kept", "model": "m-1"}),
         )
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let reply = app.update("responses", "resp-1", json!({})).await;
 
     assert_eq!(reply.status, 200, "{}", reply.text);
     let expected = with_timestamps(
-        created.body.clone(),
-        &created.body["createdAt"],
+        created.clone(),
+        &created["createdAt"],
         &reply.body["updatedAt"],
     );
     assert_eq!(reply.body, expected);
     assert!(
-        timestamp(&reply.body["updatedAt"]) > timestamp(&created.body["updatedAt"]),
+        timestamp(&reply.body["updatedAt"]) > timestamp(&created["updatedAt"]),
         "{} then {}",
-        created.body["updatedAt"],
+        created["updatedAt"],
         reply.body["updatedAt"]
     );
     assert_eq!(app.get("responses", "resp-1").await.body, reply.body);
@@ -272,10 +270,9 @@ async fn put_of_a_missing_id_is_404_and_creates_nothing(app: TestApp) {
     assert_eq!(empty.error_code(), "not_found");
     assert_eq!(app.get("completions", "chatcmpl-missing").await.status, 404);
     let created = app
-        .create("completions", json!({"id": "chatcmpl-missing"}))
+        .create_ok("completions", json!({"id": "chatcmpl-missing"}))
         .await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    assert_eq!(entry_fields(&created.body), ["id"]);
+    assert_eq!(entry_fields(&created), ["id"]);
 }
 
 async fn put_on_the_other_kind_is_404(app: TestApp) {
