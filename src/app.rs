@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -38,6 +39,10 @@ pub enum StartupError {
         source: std::io::Error,
     },
 }
+
+/// The least time workers get to stop, even when the drain used the whole
+/// shutdown budget.
+const MIN_WORKER_STOP: Duration = Duration::from_secs(1);
 
 /// A built service: migrated store, provisioned keys, bound socket.
 pub struct Application {
@@ -135,8 +140,20 @@ impl Application {
             max_connections: self.serve.max_connections,
             shutdown_timeout: self.serve.shutdown_timeout(),
         };
+        // One shutdown budget for the drain and the workers together, so the
+        // whole stop fits a container's grace period: the workers get what
+        // the drain left, and at least `MIN_WORKER_STOP`.
+        let (began_tx, mut began_rx) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = began_tx.send(tokio::time::Instant::now());
+        };
         http::serve(self.listener, router, &connections, shutdown).await;
-        self.workers.shutdown(self.serve.shutdown_timeout()).await;
+        let spent = began_rx
+            .try_recv()
+            .map_or(Duration::ZERO, |began| began.elapsed());
+        let left = self.serve.shutdown_timeout().saturating_sub(spent);
+        self.workers.shutdown(left.max(MIN_WORKER_STOP)).await;
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
