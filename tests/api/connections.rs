@@ -13,25 +13,6 @@ use crate::binary::{STOP_TIMEOUT, Server};
 use crate::cli::llm_feedback_on;
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 
-/// Runs `scenario(backend)` once per store, as `name::postgres` and `name::sqlite`.
-macro_rules! per_store {
-    ($($scenario:ident),+ $(,)?) => {
-        $(
-            mod $scenario {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$scenario($crate::helpers::Backend::Postgres).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$scenario($crate::helpers::Backend::Sqlite).await;
-                }
-            }
-        )+
-    };
-}
-
 per_store!(stalled_request_heads_never_delay_health_or_api_requests_and_are_closed_after_the_header_read_timeout);
 
 /// Half a request head: the blank line that would end it never comes.

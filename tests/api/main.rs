@@ -25,6 +25,25 @@ macro_rules! both_stores {
     };
 }
 
+/// Runs `scenario(backend)` once per store, as `name::postgres` and `name::sqlite`.
+macro_rules! per_store {
+    ($($scenario:ident),+ $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$scenario($crate::helpers::Backend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$scenario($crate::helpers::Backend::Sqlite).await;
+                }
+            }
+        )+
+    };
+}
+
 mod auth;
 mod binary;
 mod cli;

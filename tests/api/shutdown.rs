@@ -156,24 +156,6 @@ async fn stored_ids(storage: &TestStorage, prefix: &str) -> HashSet<String> {
     rows.into_iter().map(|(id,)| id).collect()
 }
 
-macro_rules! per_store {
-    ($($scenario:ident),+ $(,)?) => {
-        $(
-            mod $scenario {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$scenario($crate::helpers::Backend::Postgres).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$scenario($crate::helpers::Backend::Sqlite).await;
-                }
-            }
-        )+
-    };
-}
-
 per_store!(
     sigterm_under_load_exits_0_answers_requests_in_flight_and_keeps_every_acknowledged_create
 );
