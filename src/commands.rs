@@ -23,9 +23,23 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
                 body_limit_bytes = BODY_LIMIT_BYTES,
                 "starting"
             );
-            let app = Application::build(serve, &database).await?;
+            // Listen for SIGINT/SIGTERM before anything slow: an orchestrator
+            // may stop a replica while it still connects or migrates, and the
+            // default action of SIGTERM would kill it mid-migration.
+            let mut signals = ShutdownSignals::install();
+            let app = tokio::select! {
+                app = Application::build(serve, &database) => app?,
+                signal = signals.recv() => {
+                    tracing::info!(signal, "received before start-up finished; not serving");
+                    return Ok(());
+                }
+            };
             tracing::info!(addr = %app.local_addr()?, "listening");
-            app.run_until(shutdown_signal()).await?;
+            app.run_until(async move {
+                let signal = signals.recv().await;
+                tracing::info!(signal, "received; shutting down");
+            })
+            .await?;
             Ok(())
         }
         Command::Migrate => {
@@ -156,30 +170,61 @@ fn print_keys(keys: &[ApiKeyRecord], json: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, listened for from the moment `install` returns.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    /// Replaces the default action of both signals (terminate the process)
+    /// at once; a signal that cannot be listened for is logged and never
+    /// arrives.
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(signal) => Some(signal),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for {name}");
+                    None
+                }
+            };
+            Self {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for the next SIGINT or SIGTERM; says which.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.interrupt.as_mut()) => "SIGINT",
+                () = next(self.terminate.as_mut()) => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "SIGINT",
+                Err(_) => std::future::pending().await,
+            }
+        }
     }
 }

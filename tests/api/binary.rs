@@ -489,3 +489,52 @@ async fn sigint_stops_the_server_with_exit_status_0() {
         "still serving after exit"
     );
 }
+
+#[tokio::test]
+async fn sigterm_during_start_up_exits_0_without_serving() {
+    // A "PostgreSQL" that accepts connections and never answers: start-up
+    // waits in the pool's acquire timeout (30 s here) when the signal comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent listener");
+    let port = silent.local_addr().expect("its address").port();
+    let mut command = llm_feedback_on(&format!("postgres://postgres@127.0.0.1:{port}/x"));
+    command.args(["serve"]).envs([
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("DATABASE_ACQUIRE_TIMEOUT_MS", "30000"),
+    ]);
+    let mut server = Server::start(command);
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    while let Some(line) = server.next_line(deadline).await {
+        if line.contains("\"starting\"") {
+            break;
+        }
+    }
+    // The start-up is now waiting for the silent server to answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.signal("TERM");
+    let status = server.wait_for_exit(STOP_TIMEOUT).await;
+
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}: {}",
+        server.seen.join("\n")
+    );
+    assert!(
+        server
+            .seen
+            .iter()
+            .any(|line| line.contains("received before start-up finished")),
+        "{}",
+        server.seen.join("\n")
+    );
+    assert!(
+        server
+            .seen
+            .iter()
+            .all(|line| !line.contains("\"listening\"")),
+        "{}",
+        server.seen.join("\n")
+    );
+    drop(silent);
+}
