@@ -46,7 +46,12 @@ pub fn init(args: &LogArgs) -> Result<LogGuard, String> {
         .lossy(true)
         .buffered_lines_limit(args.log_buffer_lines)
         .thread_name("log-writer")
-        .finish(std::io::stderr());
+        // The writer thread drains the queue, then flushes: buffered, a burst
+        // of lines is one write(2) instead of one per line.
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BUFFER_BYTES,
+            std::io::stderr(),
+        ));
     let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -60,6 +65,10 @@ pub fn init(args: &LogArgs) -> Result<LogGuard, String> {
     let _ = DROPPED_LOG_LINES.set(dropped);
     Ok(LogGuard { _worker: worker })
 }
+
+/// What the log writer thread buffers before writing to stderr; it writes
+/// out sooner whenever its queue runs empty.
+const LOG_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The drop count of the installed log writer.
 static DROPPED_LOG_LINES: OnceLock<ErrorCounter> = OnceLock::new();
