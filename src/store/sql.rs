@@ -3,7 +3,7 @@
 //! sqlx binds `$N` on SQLite too, `cast($n as text)` reads the same in both,
 //! and both decode the same row types. Where the dialects do differ, the
 //! statement is `concat!`ed at compile time from the fragments that
-//! [`dialect!`] names, both dialects side by side at the end of this file.
+//! `dialect!` names, both dialects side by side at the end of this file.
 
 /// The columns of a feedback entry, as `FeedbackRow` reads them.
 macro_rules! feedback_columns {
