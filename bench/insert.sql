@@ -1,5 +1,5 @@
--- The statement of POST /{kind} (src/store/postgres.rs), with a unique id:
--- it announces its position (`announce_position!`) before taking it.
+-- The statement of POST /{kind} (src/store/sql.rs, PostgreSQL dialect), with a unique id:
+-- it announces its position (the `position` fragment) before taking it.
 \set n random(1, 9000000000000000000)
 with announced as materialized (
     select date_trunc('milliseconds', clock_timestamp()) as lower_bound

@@ -1,4 +1,4 @@
--- The statement of GET /{kind}/{id} (src/store/postgres.rs) on a preloaded entry.
+-- The statement of GET /{kind}/{id} (src/store/sql.rs) on a preloaded entry.
 \set n random(1, :rows)
 select seq, output_id, kind, rating, description, model, end_user, created_at, updated_at
 from feedback

@@ -1,4 +1,4 @@
--- The statement of PUT /{kind}/{id} (src/store/postgres.rs) on a preloaded entry.
+-- The statement of PUT /{kind}/{id} (src/store/sql.rs, PostgreSQL dialect) on a preloaded entry.
 \set n random(1, :rows)
 update feedback set
     rating = case when true then 'thumbs_down' else rating end,

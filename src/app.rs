@@ -203,10 +203,11 @@ async fn bootstrap_keys(
             .map_err(|err| StartupError::Config(format!("BOOTSTRAP_API_KEY: {err}")))?;
         let record = auth::key_record(secret.expose(), tenant, Some("bootstrap".to_owned()));
         // Idempotent: replicas starting together insert one row between them.
-        let created = store
+        let outcome = store
             .insert_api_key(&record)
             .await
             .map_err(StartupError::Bootstrap)?;
+        let created = outcome == store::KeyInsertion::Inserted;
         tracing::info!(key_id = %record.id, created, "bootstrap API key provisioned");
         return Ok(None);
     }

@@ -1,26 +1,14 @@
-//! Persistence: one interface, one implementation per database.
+//! Persistence: one interface, one implementation for both databases.
 //!
 //! Handlers only ever see `dyn Store`. Every method takes the caller's
 //! [`Scope`] where entries are concerned, so no query can forget the tenant or
-//! the end user. Every write is one SQL statement: the database, not the
-//! application, arbitrates concurrent requests.
-
-/// The columns of a feedback entry, as `FeedbackRow` reads them: a macro so
-/// that the per-request statements are `concat!`ed at compile time.
-macro_rules! feedback_columns {
-    () => {
-        "seq, output_id, kind, rating, description, model, end_user, created_at, updated_at"
-    };
-}
-
-/// The entry under key `($2, $3)` of tenant `$1`, if end user `$4` (or any,
-/// when `$4` is null) may see it.
-macro_rules! in_scope {
-    () => {
-        " where tenant = $1 and kind = $2 and output_id = $3
-            and (cast($4 as text) is null or end_user = $4)"
-    };
-}
+//! the end user. A write is one SQL statement where it can be (the database,
+//! not the application, arbitrates concurrent requests), else one
+//! transaction (`transaction!`).
+//!
+//! The methods are written once, in backend.rs, over a `Backend`
+//! (pools, dialect, the steps that truly differ); their SQL is in sql.rs;
+//! postgres.rs and sqlite.rs hold only what is their own.
 
 /// Runs one statement on a connection of `$pool` and gives the connection
 /// back: `run!(self.pool, |conn| query.fetch_one(conn))?`.
@@ -67,8 +55,10 @@ macro_rules! transaction {
     }};
 }
 
+mod backend;
 mod pool;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::fmt;
@@ -229,7 +219,17 @@ pub enum Update {
     Updated(Feedback),
     /// No entry is visible in scope under that key: nothing was changed.
     NotFound,
-    // Conditional writes (`If-Match`) add `PreconditionFailed` here.
+    // Conditional writes (`If-Match`, issue 13) add `PreconditionFailed`
+    // here: the entry exists but is not the version the caller names.
+}
+
+/// What storing a new API key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyInsertion {
+    /// The key was stored.
+    Inserted,
+    /// A key with that id or that secret existed: nothing was changed.
+    AlreadyExists,
 }
 
 /// What revoking a key did.
@@ -243,9 +243,23 @@ pub enum Revocation {
     NotFound,
 }
 
-/// The persistence interface, in domain words.
+/// The persistence interface, in domain words: the entries, the keys, and
+/// the database as a whole.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: FeedbackStore + KeyStore + Send + Sync + 'static {
+    /// Answers when the database does.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Connection counts of each pool, for metrics.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+
+    /// Closes every connection (checkpointing where the database has one).
+    async fn close(&self);
+}
+
+/// Feedback entries, always within a caller's [`Scope`].
+#[async_trait]
+pub trait FeedbackStore: Send + Sync {
     /// Creates an entry, unless `(tenant, kind, id)` already exists.
     async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion>;
 
@@ -297,9 +311,13 @@ pub trait Store: Send + Sync + 'static {
         kind: OutputKind,
         ids: &[OutputId],
     ) -> StoreResult<Vec<Feedback>>;
+}
 
-    /// Stores a new key; `false` when a key with that hash already exists.
-    async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool>;
+/// API keys (hashes only).
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores a new key, unless a key with that id or hash already exists.
+    async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<KeyInsertion>;
 
     /// The key whose secret hashes to `secret_hash`.
     async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
@@ -313,15 +331,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revokes the key with that id.
     async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation>;
-
-    /// Answers when the database does.
-    async fn ping(&self) -> StoreResult<()>;
-
-    /// Connection counts of each pool, for metrics.
-    fn pool_stats(&self) -> Vec<PoolStats>;
-
-    /// Closes every connection (checkpointing where the database has one).
-    async fn close(&self);
 }
 
 /// Which database, as the store needs it.
@@ -398,106 +407,6 @@ pub enum ConnectError {
     },
 }
 
-/// Statements both backends run as they are: sqlx binds `$N` on SQLite
-/// too, and both decode the same row types. What differs (clocks, the
-/// position of a create, batch lookups, upserts' `where true`) stays in the
-/// backend's file.
-mod sql {
-    pub(super) const FIND_FEEDBACK: &str = concat!(
-        "select ",
-        feedback_columns!(),
-        " from feedback",
-        in_scope!()
-    );
-    pub(super) const FIND_POSITION: &str =
-        concat!("select created_at, seq from feedback", in_scope!());
-    pub(super) const FIND_API_KEY: &str = "select id, tenant, name, prefix, created_at, revoked_at
-         from api_keys where secret_hash = $1";
-    pub(super) const ACTIVE_API_KEYS: &str =
-        "select secret_hash, id, tenant from api_keys where revoked_at is null";
-    pub(super) const LIST_API_KEYS: &str = "select id, tenant, name, prefix, created_at, revoked_at
-         from api_keys where cast($1 as text) is null or tenant = $1
-         order by created_at, id";
-}
-
-/// A shared statement about one entry, with the scope and key bound as
-/// `$1..$4` (see `in_scope!`): both backends run it on their own pool.
-fn scoped_query<'q, DB, O>(
-    sql: &'q str,
-    scope: &'q Scope,
-    key: &'q FeedbackKey,
-) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
-where
-    DB: sqlx::Database,
-    O: for<'r> sqlx::FromRow<'r, DB::Row>,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    sqlx::query_as(sql)
-        .bind(scope.tenant.as_str())
-        .bind(key.kind.as_str())
-        .bind(key.id.as_str())
-        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-}
-
-/// `where` conditions shared by listings and counts: scope, filter, snapshot.
-/// Conditions are left out rather than written `$n is null or ...`, so that
-/// each combination gets a plan that uses its index.
-fn push_list_conditions<'a, DB>(
-    query: &mut sqlx::QueryBuilder<'a, DB>,
-    scope: &Scope,
-    filter: FeedbackFilter,
-    until: Option<Position>,
-) where
-    DB: sqlx::Database,
-    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    Timestamp: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    query.push(" where tenant = ");
-    query.push_bind(scope.tenant.as_str().to_owned());
-    query.push(" and kind = ");
-    query.push_bind(filter.kind.as_str());
-    if let Some(user) = &scope.end_user {
-        query.push(" and end_user = ");
-        query.push_bind(user.as_str().to_owned());
-    }
-    if let Some(rating) = filter.rating {
-        query.push(" and rating = ");
-        query.push_bind(rating.as_str());
-    }
-    if let Some(until) = until {
-        query.push(" and (created_at, seq) <= (");
-        query.push_bind(Timestamp(until.created_at));
-        query.push(", ");
-        query.push_bind(until.seq);
-        query.push(")");
-    }
-}
-
-/// How many entries match, at most `at_most`, at or before `until`.
-fn count_query<'a, DB>(
-    scope: &Scope,
-    filter: FeedbackFilter,
-    until: Position,
-    at_most: u64,
-) -> sqlx::QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    &'static str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    Timestamp: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut query = sqlx::QueryBuilder::new("select count(*) from (select 1 from feedback");
-    push_list_conditions(&mut query, scope, filter, Some(until));
-    query.push(" limit ");
-    query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
-    query.push(") as capped");
-    query
-}
-
 /// The position a `find_position` row stands for.
 fn into_position(row: Option<(Timestamp, i64)>) -> Option<Position> {
     row.map(|(created_at, seq)| Position {
@@ -505,9 +414,6 @@ fn into_position(row: Option<(Timestamp, i64)>) -> Option<Position> {
         seq,
     })
 }
-
-/// Columns of a feedback entry, for statements built at run time.
-const FEEDBACK_COLUMNS: &str = feedback_columns!();
 
 /// Entries are read in chunks of at most this many rows per query.
 pub const MAX_PAGE_ROWS: u32 = 1000;
@@ -546,15 +452,6 @@ fn into_page(rows: Vec<FeedbackRow>) -> StoreResult<Vec<(Position, Feedback)>> {
     rows.into_iter()
         .map(|row| Ok((row.position(), Feedback::try_from(row)?)))
         .collect()
-}
-
-/// Whether rows come oldest first, and the comparison that continues after
-/// a cursor in that direction.
-fn order_sql(page: &PageRequest) -> (&'static str, &'static str) {
-    match page.order {
-        crate::feedback::SortOrder::Asc => ("asc", ">"),
-        crate::feedback::SortOrder::Desc => ("desc", "<"),
-    }
 }
 
 impl TryFrom<FeedbackRow> for Feedback {

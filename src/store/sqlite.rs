@@ -16,28 +16,19 @@
 use std::path::Path;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::query::QueryAs;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous, SqliteTypeInfo,
+    SqliteConnectOptions, SqliteJournalMode, SqliteQueryResult, SqliteSynchronous, SqliteTypeInfo,
     SqliteValueRef,
 };
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 
+use super::backend::Backend;
 use super::pool::{Pool, PoolConfig};
-use super::{
-    ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, ConnectError, FEEDBACK_COLUMNS,
-    FeedbackRow, Insertion, NewApiKey, PoolStats, Revocation, Store, StoreError, StoreOptions,
-    StoreResult, Timestamp, Update, count_query, into_active_keys, into_page, into_position,
-    order_sql, push_list_conditions, scoped_query, sql,
-};
-use crate::feedback::{
-    Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
-    NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
-};
+use super::{ConnectError, PoolStats, StoreError, StoreOptions, StoreResult, Timestamp};
+use crate::feedback::OutputId;
 
 /// How long a connection waits for another process's write lock (the CLI
 /// writing keys while the server runs) before giving up.
@@ -112,11 +103,6 @@ impl SqliteStore {
     }
 }
 
-/// The store's clock: UTC, truncated to the millisecond that is stored.
-fn now_millis() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 fn from_millis(millis: i64) -> sqlx::Result<DateTime<Utc>> {
     DateTime::from_timestamp_millis(millis)
         .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {millis} out of range").into()))
@@ -144,243 +130,38 @@ impl<'r> sqlx::Decode<'r, Sqlite> for Timestamp {
     }
 }
 
-fn into_feedback(row: Option<FeedbackRow>) -> StoreResult<Option<Feedback>> {
-    row.map(Feedback::try_from).transpose()
-}
+impl Backend for SqliteStore {
+    type Database = Sqlite;
+    type Connection = SqliteConnection;
+    /// A JSON array: one statement for any number of ids.
+    type OutputIds<'a> = String;
 
-impl SqliteStore {
-    /// Runs a write that returns at most one entry on the writer, stepped to
-    /// completion (`fetch_all`, not `fetch_optional`: see the module
-    /// documentation).
-    async fn write_one<'q>(
-        &self,
-        write: QueryAs<'q, Sqlite, FeedbackRow, SqliteArguments<'q>>,
-    ) -> StoreResult<Option<Feedback>> {
-        let mut rows = run!(self.writer, |conn| write.fetch_all(conn))?;
-        into_feedback(rows.pop())
-    }
-}
+    // `fetch_optional` would leave the WAL to grow (module documentation).
+    const READS_WRITES_TO_END: bool = true;
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion> {
-        // The position is taken inside the statement, which holds SQLite's
-        // write lock from its first step to its commit: positions follow
-        // commit order, so a reader (whose snapshot holds a prefix of the
-        // commits) never sees an entry behind which another can still land.
-        // created_at never goes back within a tenant's kind, even if the
-        // clock does. (`where true`: SQLite's parser needs it before `on
-        // conflict` in `insert ... select`.)
-        const SQL: &str = concat!(
-            "insert into feedback
-                 (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
-             select ?1, ?2, ?3, ?4, ?5, ?6, ?7, position.created_at, position.created_at
-             from (select max(
-                       cast(round(unixepoch('subsec') * 1000) as integer),
-                       coalesce((select max(created_at) from feedback where tenant = ?1 and kind = ?2), 0)
-                   ) as created_at) as position
-             where true
-             on conflict (tenant, kind, output_id) do nothing
-             returning ",
-            feedback_columns!()
-        );
-        self.write_one(
-            sqlx::query_as(SQL)
-                .bind(scope.tenant.as_str())
-                .bind(new.key.kind.as_str())
-                .bind(new.key.id.as_str())
-                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-                .bind(new.rating.map(Rating::as_str))
-                .bind(new.description.as_ref().map(Description::as_str))
-                .bind(new.model.as_ref().map(ModelName::as_str)),
-        )
-        .await
-        .map(|row| row.map_or(Insertion::AlreadyExists, Insertion::Inserted))
+    fn readers(&self) -> &Pool<SqliteConnection> {
+        &self.readers
     }
 
-    async fn update_feedback(
-        &self,
-        scope: &Scope,
-        key: &FeedbackKey,
-        changes: &FeedbackChanges,
-    ) -> StoreResult<Update> {
-        const SQL: &str = concat!(
-            "update feedback set
-                 rating = case when ?5 then ?6 else rating end,
-                 description = case when ?7 then ?8 else description end,
-                 updated_at = max(?9, updated_at)
-             where tenant = ?1 and kind = ?2 and output_id = ?3
-               and (?4 is null or end_user = ?4)
-             returning ",
-            feedback_columns!()
-        );
-        let params = ChangeParams::from(changes);
-        self.write_one(
-            sqlx::query_as(SQL)
-                .bind(scope.tenant.as_str())
-                .bind(key.kind.as_str())
-                .bind(key.id.as_str())
-                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-                .bind(params.set_rating)
-                .bind(params.rating)
-                .bind(params.set_description)
-                .bind(params.description)
-                .bind(now_millis()),
-        )
-        .await
-        .map(|row| row.map_or(Update::NotFound, Update::Updated))
+    /// The one writer connection: SQLite writes go nowhere else.
+    fn writer(&self) -> &Pool<SqliteConnection> {
+        &self.writer
     }
 
-    async fn find_feedback(
-        &self,
-        scope: &Scope,
-        key: &FeedbackKey,
-    ) -> StoreResult<Option<Feedback>> {
-        let query = scoped_query::<_, FeedbackRow>(sql::FIND_FEEDBACK, scope, key);
-        into_feedback(run!(self.readers, |conn| query.fetch_optional(conn))?)
-    }
-
-    async fn find_position(
-        &self,
-        scope: &Scope,
-        key: &FeedbackKey,
-    ) -> StoreResult<Option<Position>> {
-        let query = scoped_query(sql::FIND_POSITION, scope, key);
-        Ok(into_position(
-            run!(self.readers, |conn| query.fetch_optional(conn))?
-        ))
-    }
-
-    async fn list_feedback(
-        &self,
-        scope: &Scope,
-        page: &PageRequest,
-    ) -> StoreResult<Vec<(Position, Feedback)>> {
-        let (direction, beyond) = order_sql(page);
-        let mut query = QueryBuilder::new(format!("select {FEEDBACK_COLUMNS} from feedback"));
-        push_list_conditions(&mut query, scope, page.filter, page.until);
-        if let Some(after) = page.after {
-            query.push(format!(" and (created_at, seq) {beyond} ("));
-            query.push_bind(Timestamp(after.created_at));
-            query.push(", ");
-            query.push_bind(after.seq);
-            query.push(")");
-        }
-        query.push(format!(
-            " order by created_at {direction}, seq {direction} limit "
-        ));
-        query.push_bind(i64::from(page.limit));
-        let rows = run!(self.readers, |conn| query
-            .build_query_as::<FeedbackRow>()
-            .fetch_all(conn))?;
-        into_page(rows)
-    }
-
-    async fn count_feedback(
-        &self,
-        scope: &Scope,
-        filter: FeedbackFilter,
-        until: Position,
-        at_most: u64,
-    ) -> StoreResult<u64> {
-        let mut query = count_query(scope, filter, until, at_most);
-        let (count,): (i64,) = run!(self.readers, |conn| query.build_query_as().fetch_one(conn))?;
-        Ok(u64::try_from(count).unwrap_or_default())
-    }
-
-    async fn find_feedback_batch(
-        &self,
-        scope: &Scope,
-        kind: OutputKind,
-        ids: &[OutputId],
-    ) -> StoreResult<Vec<Feedback>> {
-        // One statement for any number of ids: they travel as a JSON array.
-        const SQL: &str = concat!(
-            "select ",
-            feedback_columns!(),
-            " from feedback
-             where tenant = ?1 and kind = ?2
-               and output_id in (select value from json_each(?3))
-               and (?4 is null or end_user = ?4)"
-        );
+    fn output_ids(ids: &[OutputId]) -> StoreResult<String> {
         let ids: Vec<&str> = ids.iter().map(OutputId::as_str).collect();
-        let ids = serde_json::to_string(&ids)
-            .map_err(|err| StoreError::Corrupt(format!("cannot encode ids: {err}")))?;
-        let rows = run!(self.readers, |conn| sqlx::query_as::<_, FeedbackRow>(SQL)
-            .bind(scope.tenant.as_str())
-            .bind(kind.as_str())
-            .bind(ids)
-            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-            .fetch_all(conn))?;
-        rows.into_iter().map(Feedback::try_from).collect()
+        serde_json::to_string(&ids)
+            .map_err(|err| StoreError::Corrupt(format!("cannot encode ids: {err}")))
     }
 
-    async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<bool> {
-        let result = run!(self.writer, |conn| sqlx::query(
-            "insert into api_keys (id, tenant, name, prefix, secret_hash, created_at)
-             values (?1, ?2, ?3, ?4, ?5, ?6)
-             on conflict do nothing",
-        )
-        .bind(&key.id)
-        .bind(key.tenant.as_str())
-        .bind(key.name.as_deref())
-        .bind(&key.prefix)
-        .bind(&key.secret_hash)
-        .bind(now_millis())
-        .execute(conn))?;
-        Ok(result.rows_affected() == 1)
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
     }
 
-    async fn find_api_key(&self, secret_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let row = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            sql::FIND_API_KEY
-        )
-        .bind(secret_hash)
-        .fetch_optional(conn))?;
-        row.map(ApiKeyRecord::try_from).transpose()
-    }
-
-    async fn active_api_keys(&self) -> StoreResult<Vec<ActiveApiKey>> {
-        let rows = run!(self.readers, |conn| sqlx::query_as(sql::ACTIVE_API_KEYS)
-            .fetch_all(conn))?;
-        into_active_keys(rows)
-    }
-
-    async fn list_api_keys(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
-        let rows = run!(self.readers, |conn| sqlx::query_as::<_, ApiKeyRow>(
-            sql::LIST_API_KEYS
-        )
-        .bind(tenant.map(TenantId::as_str))
-        .fetch_all(conn))?;
-        rows.into_iter().map(ApiKeyRecord::try_from).collect()
-    }
-
-    async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation> {
-        let outcome = transaction!(self.writer, |tx| {
-            let previous: Option<(Option<i64>,)> =
-                sqlx::query_as("select revoked_at from api_keys where id = ?1")
-                    .bind(id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            match previous {
-                None => Revocation::NotFound,
-                Some((Some(_),)) => Revocation::AlreadyRevoked,
-                Some((None,)) => {
-                    sqlx::query("update api_keys set revoked_at = ?2 where id = ?1")
-                        .bind(id)
-                        .bind(now_millis())
-                        .execute(&mut **tx)
-                        .await?;
-                    Revocation::Revoked
-                }
-            }
-        })?;
-        Ok(outcome)
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        run!(self.readers, |conn| sqlx::query("select 1").execute(conn))?;
-        Ok(())
+    /// Every entry a reader sees is settled: creates take their position
+    /// under the write lock, in commit order.
+    async fn settled_horizon(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        Ok(None)
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {

@@ -9,7 +9,7 @@ use llm_feedback::Application;
 use llm_feedback::auth::generate_key;
 use llm_feedback::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
 use llm_feedback::feedback::TenantId;
-use llm_feedback::store::Store;
+use llm_feedback::store::{KeyInsertion, Store};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -353,11 +353,12 @@ impl TestApp {
     /// A new key for `tenant`, provisioned exactly as `keys create` does.
     pub(crate) async fn new_key(&self, tenant: &str) -> String {
         let key = generate_key(TenantId::parse(tenant).expect("valid tenant"), None);
-        assert!(
+        assert_eq!(
             self.store
                 .insert_api_key(&key.record)
                 .await
-                .expect("insert key")
+                .expect("insert key"),
+            KeyInsertion::Inserted
         );
         key.secret
     }

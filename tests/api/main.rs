@@ -65,6 +65,7 @@ mod pool;
 mod scale_out;
 mod scoping;
 mod shutdown;
+mod store_keys;
 mod timestamps;
 mod update;
 mod workers;

@@ -1,0 +1,340 @@
+//! Every statement the store runs, written once for both databases.
+//!
+//! sqlx binds `$N` on SQLite too, `cast($n as text)` reads the same in both,
+//! and both decode the same row types. Where the dialects do differ, the
+//! statement is `concat!`ed at compile time from the fragments that
+//! `dialect!` names, both dialects side by side at the end of this file.
+
+/// The columns of a feedback entry, as `FeedbackRow` reads them.
+macro_rules! feedback_columns {
+    () => {
+        "seq, output_id, kind, rating, description, model, end_user, created_at, updated_at"
+    };
+}
+
+/// The entry under key `($2, $3)` of tenant `$1`, if end user `$4` (or any,
+/// when `$4` is null) may see it.
+macro_rules! in_scope {
+    () => {
+        " where tenant = $1 and kind = $2 and output_id = $3
+            and (cast($4 as text) is null or end_user = $4)"
+    };
+}
+
+use chrono::{DateTime, Utc};
+use sqlx::Arguments as _;
+use sqlx::error::BoxDynError;
+
+use super::Timestamp;
+use crate::feedback::{
+    EndUserId, FeedbackFilter, FeedbackKey, PageRequest, Position, Scope, SortOrder,
+};
+
+pub(super) const FIND_FEEDBACK: &str = concat!(
+    "select ",
+    feedback_columns!(),
+    " from feedback",
+    in_scope!()
+);
+pub(super) const FIND_POSITION: &str = concat!("select created_at, seq from feedback", in_scope!());
+/// The start of a listing or an export chunk; `push_list_conditions` adds the rest.
+pub(super) const LIST_FEEDBACK: &str = concat!("select ", feedback_columns!(), " from feedback");
+pub(super) const FIND_API_KEY: &str = "select id, tenant, name, prefix, created_at, revoked_at
+     from api_keys where secret_hash = $1";
+pub(super) const ACTIVE_API_KEYS: &str =
+    "select secret_hash, id, tenant from api_keys where revoked_at is null";
+pub(super) const LIST_API_KEYS: &str = "select id, tenant, name, prefix, created_at, revoked_at
+     from api_keys where cast($1 as text) is null or tenant = $1
+     order by created_at, id";
+/// Whether key `$1` exists (after `REVOKE_API_KEY` changed nothing).
+pub(super) const API_KEY_EXISTS: &str = "select count(*) from api_keys where id = $1";
+pub(super) const PING: &str = "select 1";
+
+/// A shared statement about one entry, with the scope and key bound as
+/// `$1..$4` (see `in_scope!`); more binds may follow.
+pub(super) fn scoped_query<'q, DB, O>(
+    sql: &'q str,
+    scope: &'q Scope,
+    key: &'q FeedbackKey,
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    O: for<'r> sqlx::FromRow<'r, DB::Row>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query_as(sql)
+        .bind(scope.tenant.as_str())
+        .bind(key.kind.as_str())
+        .bind(key.id.as_str())
+        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+}
+
+/// A statement built at run time: its text and its arguments, each bind
+/// written as the database's placeholder, as `sqlx::QueryBuilder` does. But
+/// this one can be taken apart to run: a `QueryBuilder` over a generic
+/// database cannot be borrowed to run and dropped after (its arguments type
+/// is a projection, which the drop check must assume still borrowed).
+pub(super) struct Statement<'q, DB: sqlx::Database> {
+    sql: String,
+    arguments: Result<DB::Arguments<'q>, BoxDynError>,
+}
+
+impl<'q, DB: sqlx::Database> Statement<'q, DB> {
+    /// A statement that starts with `sql`.
+    pub(super) fn new(sql: &str) -> Self {
+        Self {
+            sql: sql.to_owned(),
+            arguments: Ok(DB::Arguments::default()),
+        }
+    }
+
+    /// Appends SQL text.
+    pub(super) fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder and binds `value` to it; an encoding error is
+    /// kept for [`into_parts`](Self::into_parts).
+    pub(super) fn push_bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'q + sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        if let Ok(arguments) = &mut self.arguments {
+            let bound = arguments.add(value).and_then(|()| {
+                arguments
+                    .format_placeholder(&mut self.sql)
+                    .map_err(BoxDynError::from)
+            });
+            if let Err(err) = bound {
+                self.arguments = Err(err);
+            }
+        }
+        self
+    }
+
+    /// The text and the arguments, for `sqlx::query_as_with(&sql, arguments)`.
+    pub(super) fn into_parts(self) -> sqlx::Result<(String, DB::Arguments<'q>)> {
+        Ok((self.sql, self.arguments.map_err(sqlx::Error::Encode)?))
+    }
+}
+
+/// The statements that listings and counts build at run time.
+impl<'q, DB> Statement<'q, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Timestamp: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    /// One page of entries in scope (see `FeedbackStore::list_feedback`),
+    /// only entries created before `horizon` if there is one.
+    pub(super) fn list(scope: &Scope, page: &PageRequest, horizon: Option<DateTime<Utc>>) -> Self {
+        // The direction, and the comparison that continues after a cursor in it.
+        let (direction, beyond) = match page.order {
+            SortOrder::Asc => ("asc", ">"),
+            SortOrder::Desc => ("desc", "<"),
+        };
+        let mut query = Self::new(LIST_FEEDBACK);
+        query.push_list_conditions(scope, page.filter, page.until);
+        if let Some(horizon) = horizon {
+            query.push(" and created_at < ");
+            query.push_bind(Timestamp(horizon));
+        }
+        if let Some(after) = page.after {
+            query.push(" and (created_at, seq) ");
+            query.push(beyond);
+            query.push(" (");
+            query.push_bind(Timestamp(after.created_at));
+            query.push(", ");
+            query.push_bind(after.seq);
+            query.push(")");
+        }
+        query.push(" order by created_at ");
+        query.push(direction);
+        query.push(", seq ");
+        query.push(direction);
+        query.push(" limit ");
+        query.push_bind(i64::from(page.limit));
+        query
+    }
+
+    /// How many entries match, at most `at_most`, at or before `until`.
+    pub(super) fn count(
+        scope: &Scope,
+        filter: FeedbackFilter,
+        until: Position,
+        at_most: u64,
+    ) -> Self {
+        let mut query = Self::new("select count(*) from (select 1 from feedback");
+        query.push_list_conditions(scope, filter, Some(until));
+        query.push(" limit ");
+        query.push_bind(i64::try_from(at_most).unwrap_or(i64::MAX));
+        query.push(") as capped");
+        query
+    }
+
+    /// `where` conditions shared by listings and counts: scope, filter,
+    /// snapshot. Conditions are left out rather than written `$n is null or
+    /// ...`, so that each combination gets a plan that uses its index.
+    fn push_list_conditions(
+        &mut self,
+        scope: &Scope,
+        filter: FeedbackFilter,
+        until: Option<Position>,
+    ) {
+        self.push(" where tenant = ");
+        self.push_bind(scope.tenant.as_str().to_owned());
+        self.push(" and kind = ");
+        self.push_bind(filter.kind.as_str());
+        if let Some(user) = &scope.end_user {
+            self.push(" and end_user = ");
+            self.push_bind(user.as_str().to_owned());
+        }
+        if let Some(rating) = filter.rating {
+            self.push(" and rating = ");
+            self.push_bind(rating.as_str());
+        }
+        if let Some(until) = until {
+            self.push(" and (created_at, seq) <= (");
+            self.push_bind(Timestamp(until.created_at));
+            self.push(", ");
+            self.push_bind(until.seq);
+            self.push(")");
+        }
+    }
+}
+
+/// The statements whose text differs between the two databases.
+pub(super) trait Dialect: sqlx::Database {
+    /// Creates entry `($2, $3)` of tenant `$1` for end user `$4` with rating
+    /// `$5`, description `$6`, model `$7`, unless its key exists; returns it.
+    const INSERT_FEEDBACK: &'static str;
+    /// Sets rating `$6` if `$5`, description `$8` if `$7`, of the entry in
+    /// scope (see `in_scope!`); returns it.
+    const UPDATE_FEEDBACK: &'static str;
+    /// The entries in scope of kind `$2` among the output ids `$3`.
+    const FIND_FEEDBACK_BATCH: &'static str;
+    /// Stores key `$1` of tenant `$2`, named `$3`, prefix `$4`, hash `$5`,
+    /// unless the id or the hash exists.
+    const INSERT_API_KEY: &'static str;
+    /// Revokes key `$1` if it is active (one row affected).
+    const REVOKE_API_KEY: &'static str;
+}
+
+/// Writes `impl Dialect` for one database from its fragments:
+///
+/// - `clock`: now, truncated to the millisecond, as a timestamp column holds it;
+/// - `greatest`: the larger of two values (a scalar function);
+/// - `position`: the `with` clause before a create and the table it selects
+///   its `created_at` from (`position.created_at`);
+/// - `in_output_ids`: the condition that `output_id` is among `$3`.
+macro_rules! dialect {
+    ($database:ty {
+        clock: $clock:expr,
+        greatest: $greatest:expr,
+        position: ($position_with:expr, $position_from:expr),
+        in_output_ids: $in_output_ids:expr $(,)?
+    }) => {
+        impl Dialect for $database {
+            const INSERT_FEEDBACK: &'static str = concat!(
+                $position_with,
+                "insert into feedback
+                     (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
+                 select $1, $2, $3, $4, $5, $6, $7, position.created_at, position.created_at
+                 from ",
+                $position_from,
+                " on conflict (tenant, kind, output_id) do nothing
+                 returning ",
+                feedback_columns!()
+            );
+            const UPDATE_FEEDBACK: &'static str = concat!(
+                "update feedback set
+                     rating = case when $5 then $6 else rating end,
+                     description = case when $7 then $8 else description end,
+                     updated_at = ",
+                $greatest,
+                "(",
+                $clock,
+                ", updated_at)",
+                in_scope!(),
+                " returning ",
+                feedback_columns!()
+            );
+            const FIND_FEEDBACK_BATCH: &'static str = concat!(
+                "select ",
+                feedback_columns!(),
+                " from feedback
+                 where tenant = $1 and kind = $2 and output_id ",
+                $in_output_ids,
+                " and (cast($4 as text) is null or end_user = $4)"
+            );
+            const INSERT_API_KEY: &'static str = concat!(
+                "insert into api_keys (id, tenant, name, prefix, secret_hash, created_at)
+                 values ($1, $2, $3, $4, $5, ",
+                $clock,
+                ") on conflict do nothing"
+            );
+            const REVOKE_API_KEY: &'static str = concat!(
+                "update api_keys set revoked_at = ",
+                $clock,
+                " where id = $1 and revoked_at is null"
+            );
+        }
+    };
+}
+
+dialect!(sqlx::Postgres {
+    clock: "date_trunc('milliseconds', now())",
+    greatest: "greatest",
+    // Announces a lower bound of the position in `pg_locks` before taking it
+    // (see `settled_horizon` in postgres.rs, which decodes these locks), then
+    // reads the clock again: materialized CTEs run in that order, `position`
+    // reads rows of `held`. The lock key is `19526 << 48 | milliseconds since
+    // the epoch`; 19526 (`0x4C46`, "LF") tags these locks.
+    position: (
+        "with announced as materialized (
+             select date_trunc('milliseconds', clock_timestamp()) as lower_bound
+         ), held as materialized (
+             select lower_bound,
+                    pg_advisory_xact_lock_shared(
+                        (19526::bigint << 48) + (extract(epoch from lower_bound) * 1000)::bigint)
+             from announced
+         ), position as (
+             select greatest(date_trunc('milliseconds', clock_timestamp()), lower_bound) as created_at
+             from held
+         ) ",
+        "position"
+    ),
+    in_output_ids: "= any($3)",
+});
+
+/// SQLite's clock: integer milliseconds since the epoch.
+macro_rules! sqlite_now_millis {
+    () => {
+        "cast(round(unixepoch('subsec') * 1000) as integer)"
+    };
+}
+
+dialect!(sqlx::Sqlite {
+    clock: sqlite_now_millis!(),
+    greatest: "max",
+    // The statement holds SQLite's write lock from its first step to its
+    // commit, so positions follow commit order and created_at never goes
+    // back within a tenant's kind, even if the clock does. (`where true`:
+    // SQLite's parser needs it before `on conflict` in `insert ... select`.)
+    position: (
+        "",
+        concat!(
+            "(select max(",
+            sqlite_now_millis!(),
+            ", coalesce((select max(created_at) from feedback where tenant = $1 and kind = $2), 0)
+           ) as created_at) as position
+             where true"
+        )
+    ),
+    // The ids travel as one JSON array.
+    in_output_ids: "in (select value from json_each($3))",
+});
