@@ -14,26 +14,23 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
+use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 
-/// Marks the response of `inner` `Connection: close` when the request had a
-/// body that was not read to its end.
-pub(crate) async fn close_if_body_unread<F, Fut>(request: Request, inner: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
+/// API layer, outermost: marks the response `Connection: close` when the
+/// request had a body that was not read to its end.
+pub(crate) async fn close_if_body_unread(request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     if body.is_end_stream() {
-        return inner(Request::from_parts(parts, body)).await;
+        return next.run(Request::from_parts(parts, body)).await;
     }
     let finished = Arc::new(AtomicBool::new(false));
     let body = Body::new(TrackedBody {
         inner: body,
         finished: Arc::clone(&finished),
     });
-    let mut response = inner(Request::from_parts(parts, body)).await;
+    let mut response = next.run(Request::from_parts(parts, body)).await;
     if !finished.load(Ordering::Acquire) {
         response
             .headers_mut()

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -36,27 +37,44 @@ impl Limits {
     }
 }
 
-/// API requests beyond the bound are answered 503 at once rather
-/// than queued without limit; every request past its deadline gets 503.
-/// Operational endpoints are not shed, so probes see the process as it is.
-pub(crate) async fn enforce_limits<F, Fut>(limits: &Limits, request: Request, inner: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    let mut permit = None;
-    if request.uri().path().starts_with("/api/") {
-        let Ok(acquired) = Arc::clone(&limits.permits).try_acquire_owned() else {
-            metrics::counter!(REQUESTS_SHED).increment(1);
-            return AppError::Unavailable(format!(
-                "overloaded: {} requests in flight",
-                limits.max_in_flight
-            ))
-            .into_response();
-        };
-        permit = Some(acquired);
+/// API layer: requests beyond the bound are answered 503 at once rather
+/// than queued without limit. Only the API router carries it: operational
+/// endpoints are not shed, so probes see the process as it is. Inside
+/// authentication, so that refused credentials never hold a slot.
+pub(crate) async fn bound_in_flight(
+    State(limits): State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(permit) = Arc::clone(&limits.permits).try_acquire_owned() else {
+        metrics::counter!(REQUESTS_SHED).increment(1);
+        return AppError::Unavailable(format!(
+            "overloaded: {} requests in flight",
+            limits.max_in_flight
+        ))
+        .into_response();
+    };
+    let response = next.run(request).await;
+    if response.body().size_hint().exact().is_some() {
+        return response;
     }
-    let Ok(response) = tokio::time::timeout(limits.timeout, inner(request)).await else {
+    // A streamed body (an export) counts until its last byte.
+    response.map(|body| {
+        Body::new(InFlightUntilEnd {
+            body,
+            permit: Some(permit),
+        })
+    })
+}
+
+/// Every request past its deadline gets 503 (the API's and the operational
+/// routes' alike).
+pub(crate) async fn deadline(
+    State(limits): State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(response) = tokio::time::timeout(limits.timeout, next.run(request)).await else {
         metrics::counter!(REQUEST_TIMEOUTS).increment(1);
         return AppError::Unavailable(format!(
             "request timed out after {} ms",
@@ -64,16 +82,7 @@ where
         ))
         .into_response();
     };
-    match permit {
-        // A streamed body (an export) counts until its last byte.
-        Some(permit) if response.body().size_hint().exact().is_none() => response.map(|body| {
-            Body::new(InFlightUntilEnd {
-                body,
-                permit: Some(permit),
-            })
-        }),
-        _ => response,
-    }
+    response
 }
 
 /// A response body that holds its request's in-flight slot until it ends,
