@@ -154,6 +154,24 @@ impl KeySet {
     }
 }
 
+/// A secret shaped like a key that the key set does not hold (or the set is
+/// stale): the store must be asked ([`Authenticator::look_up`]).
+#[derive(Debug)]
+pub struct Lookup {
+    hash: String,
+    /// Whether the set was fresh: if so, a lookup over budget is refused.
+    fresh: bool,
+}
+
+/// The principal of a verified key, or `Unauthorized` (counted).
+fn principal(identity: Option<Arc<KeyIdentity>>) -> Result<Principal, AuthError> {
+    let Some(key) = identity else {
+        metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
+        return Err(AuthError::Unauthorized);
+    };
+    Ok(Principal::TenantKey(key))
+}
+
 /// Why a key missing from the set was not looked up.
 #[derive(Debug)]
 enum LookupError {
@@ -188,38 +206,39 @@ impl Authenticator {
         reload_key_set(Arc::downgrade(&self.shared))
     }
 
-    /// The principal behind a bearer secret.
-    ///
-    /// A key in the (fresh) set costs no I/O. Any other key is looked up in
-    /// the store, if the lookup budget allows; if it does not, the key is
-    /// refused (`Unauthorized`) while the set is fresh, and `Unavailable`
-    /// otherwise (the database has not answered for a while: we cannot tell).
-    pub async fn authenticate(&self, secret: &str) -> Result<Principal, AuthError> {
-        let Some(key) = self.verify(secret).await? else {
-            metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
-            return Err(AuthError::Unauthorized);
-        };
-        Ok(Principal::TenantKey(key))
-    }
-
-    /// The identity of an active key, `None` for unknown or revoked ones.
-    async fn verify(&self, secret: &str) -> Result<Option<Arc<KeyIdentity>>, AuthError> {
+    /// The principal behind a bearer secret, when the key set can tell
+    /// without I/O: a key in the (fresh) set, or a secret not shaped like
+    /// a key (`Unauthorized`). Any other secret is a [`Lookup`] for
+    /// [`Self::look_up`].
+    pub fn authenticate(&self, secret: &str) -> Result<Result<Principal, AuthError>, Lookup> {
         if check_secret(secret).is_err() {
-            return Ok(None);
+            return Ok(principal(None));
         }
         let hash = hash_secret(secret);
-        let fresh = {
-            let keys = self
-                .shared
-                .keys
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            let fresh = keys.is_fresh();
-            if let Some(identity) = keys.by_hash.get(&hash).filter(|_| fresh) {
-                return Ok(Some(Arc::clone(identity)));
-            }
-            fresh
-        };
+        let keys = self
+            .shared
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fresh = keys.is_fresh();
+        if let Some(identity) = keys.by_hash.get(&hash).filter(|_| fresh) {
+            return Ok(principal(Some(Arc::clone(identity))));
+        }
+        Err(Lookup { hash, fresh })
+    }
+
+    /// The principal behind a key missing from the set, looked up in the
+    /// store if the lookup budget allows; if it does not, the key is refused
+    /// (`Unauthorized`) while the set is fresh, and `Unavailable` otherwise
+    /// (the database has not answered for a while: we cannot tell).
+    pub async fn look_up(&self, lookup: Lookup) -> Result<Principal, AuthError> {
+        principal(self.find(lookup).await?)
+    }
+
+    /// The identity of a key missing from the set (`None`: unknown or
+    /// revoked), within the lookup budget.
+    async fn find(&self, lookup: Lookup) -> Result<Option<Arc<KeyIdentity>>, AuthError> {
+        let Lookup { hash, fresh } = lookup;
         let shared = &self.shared;
         // Errors are not cached: the next request asks again.
         let outcome = shared

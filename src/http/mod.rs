@@ -12,6 +12,7 @@ mod extract;
 mod feedback;
 mod limits;
 mod list;
+mod on_response;
 mod openapi;
 mod ops;
 mod serve;
@@ -23,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware;
 use axum::response::IntoResponse;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
@@ -189,9 +191,9 @@ pub fn router(
         workers,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
-    // Layers of the API router, outermost last (each `layer` wraps the
-    // ones before it; fallbacks included, so unknown `/api/v1` paths need
-    // a key too). Authentication comes before the in-flight bound so that
+    // Layers of the API router, outermost first (fallbacks included, so
+    // unknown `/api/v1` paths need a key too). One `layer` call: axum boxes
+    // each layer it is given. Authentication comes before the in-flight bound so that
     // refused credentials never hold a slot (API.md: floods of bad
     // credentials); `Connection: close` sees every answer given before the
     // body was read.
@@ -200,24 +202,18 @@ pub fn router(
         .route_layer(middleware::from_fn(telemetry::record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            limits.clone(),
-            limits::deadline,
-        ))
-        .layer(middleware::from_fn_with_state(
-            limits.clone(),
-            limits::bound_in_flight,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            authn::authenticate,
-        ))
-        .layer(middleware::from_fn(connection::close_if_body_unread));
+        .layer(
+            ServiceBuilder::new()
+                .layer(connection::CloseIfBodyUnreadLayer)
+                .layer(authn::AuthenticateLayer(state.clone()))
+                .layer(limits::InFlightLayer(limits.clone()))
+                .layer(limits::DeadlineLayer(limits.clone())),
+        );
     let (operational, _) = operational_routes().split_for_parts();
     let operational = operational
         .route_layer(middleware::from_fn(telemetry::record_route))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(limits, limits::deadline));
+        .layer(limits::DeadlineLayer(limits));
     // `nest` routes `/api/v1` and `/api/v1/...` to the API router, but not
     // `/api/v1/` (an empty catch-all): that one is sent to the API router
     // whole, whose fallback answers it behind the same layers.
