@@ -1,16 +1,17 @@
-//! API keys: generation, hashing, verification with a short-lived cache, and
-//! the `Caller` that authenticated requests carry.
+//! Credentials and rights: API keys (generation, hashing, verification
+//! against an in-memory key set), the [`Principal`] a verified credential
+//! stands for, what each operation requires of it ([`Requirement`],
+//! [`authorize`]), and the [`Caller`] that authorized requests carry.
+//!
+//! No HTTP here: `http::authn` reads the headers and maps [`AuthError`] to the
+//! error envelope. A new kind of credential is a new [`Principal`] variant,
+//! verified here; the compiler then asks for its row in [`authorize`].
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Request};
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 use rand::Rng;
@@ -18,10 +19,9 @@ use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::feedback::{EndUserId, FieldError, Scope, TenantId};
-use crate::http::{AppError, AppState};
+use crate::feedback::{EndUserId, Scope, TenantId};
 use crate::store::{NewApiKey, Store, StoreError};
-use crate::telemetry::{AUTH_FAILURES, KEY_LOOKUPS, RequestContext};
+use crate::telemetry::{AUTH_FAILURES, KEY_LOOKUPS};
 
 /// Every generated secret starts with this, so leaked keys are recognisable
 /// (secret scanners, logs).
@@ -154,6 +154,24 @@ impl KeySet {
     }
 }
 
+/// A secret shaped like a key that the key set does not hold (or the set is
+/// stale): the store must be asked ([`Authenticator::look_up`]).
+#[derive(Debug)]
+pub struct Lookup {
+    hash: String,
+    /// Whether the set was fresh: if so, a lookup over budget is refused.
+    fresh: bool,
+}
+
+/// The principal of a verified key, or `Unauthorized` (counted).
+fn principal(identity: Option<Arc<KeyIdentity>>) -> Result<Principal, AuthError> {
+    let Some(key) = identity else {
+        metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
+        return Err(AuthError::Unauthorized);
+    };
+    Ok(Principal::TenantKey(key))
+}
+
 /// Why a key missing from the set was not looked up.
 #[derive(Debug)]
 enum LookupError {
@@ -188,29 +206,39 @@ impl Authenticator {
         reload_key_set(Arc::downgrade(&self.shared))
     }
 
-    /// The identity of an active key, `None` for unknown or revoked ones.
-    ///
-    /// A key in the (fresh) set costs no I/O. Any other key is looked up in
-    /// the store, if the lookup budget allows; if it does not, the key is
-    /// refused (`None`) while the set is fresh, and `503` otherwise (the
-    /// database has not answered for a while: we cannot tell).
-    pub async fn verify(&self, secret: &str) -> Result<Option<Arc<KeyIdentity>>, AppError> {
+    /// The principal behind a bearer secret, when the key set can tell
+    /// without I/O: a key in the (fresh) set, or a secret not shaped like
+    /// a key (`Unauthorized`). Any other secret is a [`Lookup`] for
+    /// [`Self::look_up`].
+    pub fn authenticate(&self, secret: &str) -> Result<Result<Principal, AuthError>, Lookup> {
         if check_secret(secret).is_err() {
-            return Ok(None);
+            return Ok(principal(None));
         }
         let hash = hash_secret(secret);
-        let fresh = {
-            let keys = self
-                .shared
-                .keys
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            let fresh = keys.is_fresh();
-            if let Some(identity) = keys.by_hash.get(&hash).filter(|_| fresh) {
-                return Ok(Some(Arc::clone(identity)));
-            }
-            fresh
-        };
+        let keys = self
+            .shared
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fresh = keys.is_fresh();
+        if let Some(identity) = keys.by_hash.get(&hash).filter(|_| fresh) {
+            return Ok(principal(Some(Arc::clone(identity))));
+        }
+        Err(Lookup { hash, fresh })
+    }
+
+    /// The principal behind a key missing from the set, looked up in the
+    /// store if the lookup budget allows; if it does not, the key is refused
+    /// (`Unauthorized`) while the set is fresh, and `Unavailable` otherwise
+    /// (the database has not answered for a while: we cannot tell).
+    pub async fn look_up(&self, lookup: Lookup) -> Result<Principal, AuthError> {
+        principal(self.find(lookup).await?)
+    }
+
+    /// The identity of a key missing from the set (`None`: unknown or
+    /// revoked), within the lookup budget.
+    async fn find(&self, lookup: Lookup) -> Result<Option<Arc<KeyIdentity>>, AuthError> {
+        let Lookup { hash, fresh } = lookup;
         let shared = &self.shared;
         // Errors are not cached: the next request asks again.
         let outcome = shared
@@ -252,14 +280,14 @@ impl Authenticator {
                     if fresh {
                         Ok(None)
                     } else {
-                        Err(AppError::Unavailable(
+                        Err(AuthError::Unavailable(
                             "cannot verify the API key: the key set is stale and the lookup budget is spent"
                                 .to_owned(),
                         ))
                     }
                 }
-                LookupError::Store(err) => Err(AppError::from(err)),
-                LookupError::TimedOut => Err(AppError::Unavailable(format!(
+                LookupError::Store(err) => Err(AuthError::from(err)),
+                LookupError::TimedOut => Err(AuthError::Unavailable(format!(
                     "API key lookup: no answer within {} s",
                     LOOKUP_TIMEOUT.as_secs()
                 ))),
@@ -319,6 +347,97 @@ async fn reload_key_set(verifier: Weak<Verifier>) {
     }
 }
 
+/// Why a request was not authenticated or not authorized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No valid credential: missing, malformed, unknown or revoked.
+    #[error("no valid credential")]
+    Unauthorized,
+    /// A valid credential, for an operation it may not call.
+    #[error("the credential may not call this operation")]
+    Forbidden,
+    /// The credential cannot be checked right now (the database is away or
+    /// slow); the cause is for the log.
+    #[error("cannot verify the credential: {0}")]
+    Unavailable(String),
+    /// The store failed otherwise; the cause is for the log.
+    #[error("cannot verify the credential: {0}")]
+    Internal(String),
+}
+
+impl From<&StoreError> for AuthError {
+    fn from(err: &StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Self::Unavailable(err.to_string()),
+            StoreError::Corrupt(_) | StoreError::Other(_) => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+/// Who a verified credential stands for (API.md, "Who may do what").
+///
+/// Today only tenant API keys exist. An admin key (no tenant) and a feedback
+/// token (one tenant's `(kind, id)` as one end user) become variants here;
+/// [`authorize`] and [`Principal::act_for`] then say what each may do, and no
+/// handler changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A tenant API key: every operation on its tenant's feedback.
+    TenantKey(Arc<KeyIdentity>),
+}
+
+impl Principal {
+    /// The key the credential was verified as (what the per-key rate limit
+    /// counts and the request log names).
+    #[must_use]
+    pub fn key(&self) -> &Arc<KeyIdentity> {
+        match self {
+            Self::TenantKey(key) => key,
+        }
+    }
+
+    /// The caller of an authorized request, acting for `end_user` (from
+    /// `X-On-Behalf-Of`) or for the whole tenant. A credential bound to one
+    /// end user will refuse any other here (`Forbidden`).
+    pub fn act_for(&self, end_user: Option<EndUserId>) -> Result<Caller, AuthError> {
+        match self {
+            Self::TenantKey(key) => Ok(Caller {
+                key: Arc::clone(key),
+                end_user,
+            }),
+        }
+    }
+}
+
+/// What an operation requires of its caller; each `/api/v1` route states
+/// one (`http::authn::require`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// Create, update or get the feedback of one output (what a feedback
+    /// token will be allowed, for its own output).
+    OneOutput,
+    /// Any other operation on the tenant's feedback: list, batch get, export.
+    TenantFeedback,
+    /// The admin operations across all tenants (the admin export). No route
+    /// requires it yet; tenant keys may never call them.
+    AllTenants,
+}
+
+impl Requirement {
+    /// Every requirement, for exhaustive tests.
+    pub const ALL: [Self; 3] = [Self::OneOutput, Self::TenantFeedback, Self::AllTenants];
+}
+
+/// The one authorization step: may `principal` call an operation that
+/// requires `requirement`? No wildcard arm, so that a new principal or
+/// requirement must be decided for every pair.
+pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), AuthError> {
+    match (principal, requirement) {
+        (Principal::TenantKey(_), Requirement::OneOutput | Requirement::TenantFeedback) => Ok(()),
+        (Principal::TenantKey(_), Requirement::AllTenants) => Err(AuthError::Forbidden),
+    }
+}
+
 /// Who is calling: the key's tenant and, with `X-On-Behalf-Of`, the end user.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -339,106 +458,8 @@ impl Caller {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // Set by `require_api_key`, which guards every `/api/v1` route.
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or(AppError::Unauthorized)
-    }
-}
-
-/// Authenticates every request under `/api/v1` before anything else about
-/// it is looked at, then reads `X-On-Behalf-Of`.
-pub(crate) async fn require_api_key<F, Fut>(
-    state: &AppState,
-    mut request: Request,
-    next: F,
-) -> Result<Response, AppError>
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    let path = request.uri().path();
-    if !(path == "/api/v1" || path.starts_with("/api/v1/")) {
-        return Ok(next(request).await);
-    }
-    let Some(secret) = bearer_secret(request.headers()) else {
-        let reason = if request.headers().contains_key(AUTHORIZATION) {
-            "malformed"
-        } else {
-            "missing"
-        };
-        metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
-        return Err(AppError::Unauthorized);
-    };
-    let verified = state.authenticator.verify(secret).await?;
-    let Some(key) = verified else {
-        metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
-        return Err(AppError::Unauthorized);
-    };
-    RequestContext::record_tenant(&key);
-    let mut response = match admit(state, &key, &mut request) {
-        Ok(()) => next(request).await,
-        Err(err) => err.into_response(),
-    };
-    // For the request's log line, written after the response.
-    response.extensions_mut().insert(key);
-    Ok(response)
-}
-
-/// What is checked once the key is known: its rate limit, `X-On-Behalf-Of`.
-fn admit(state: &AppState, key: &Arc<KeyIdentity>, request: &mut Request) -> Result<(), AppError> {
-    if let Some(limiter) = &state.rate_limiter {
-        limiter.check(&key.key_id)?;
-    }
-    let end_user = end_user(request.headers())?;
-    request.extensions_mut().insert(Caller {
-        key: Arc::clone(key),
-        end_user,
-    });
-    Ok(())
-}
-
-/// The secret of an `Authorization: Bearer <secret>` header (scheme name
-/// case-insensitive), if there is exactly one such header.
-fn bearer_secret(headers: &HeaderMap) -> Option<&str> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let (scheme, secret) = value.to_str().ok()?.split_once(' ')?;
-    let secret = secret.trim_start_matches(' ');
-    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
-}
-
-/// The `X-On-Behalf-Of` end user, if the header is present.
-fn end_user(headers: &HeaderMap) -> Result<Option<EndUserId>, AppError> {
-    let mut values = headers.get_all(EndUserId::HEADER).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(FieldError::new(EndUserId::HEADER, "must be given at most once").into());
-    }
-    let raw = value.to_str().ok().ok_or_else(|| {
-        FieldError::new(
-            EndUserId::HEADER,
-            "must contain only printable ASCII characters",
-        )
-    })?;
-    Ok(Some(EndUserId::parse(raw)?))
-}
-
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
 
     #[test]
@@ -455,14 +476,68 @@ mod tests {
         assert!(check_secret(&a.secret).is_ok());
     }
 
+    /// What each kind of principal may call: one row per kind, one entry
+    /// per requirement. A new kind or requirement fails this test until its
+    /// row is written.
+    fn rights(principal: &Principal, requirement: Requirement) -> Result<(), AuthError> {
+        let allowed: &[Requirement] = match principal {
+            Principal::TenantKey(_) => &[Requirement::OneOutput, Requirement::TenantFeedback],
+        };
+        if allowed.contains(&requirement) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden)
+        }
+    }
+
+    fn tenant_key(tenant: &str, key_id: &str) -> Principal {
+        Principal::TenantKey(Arc::new(KeyIdentity {
+            key_id: key_id.to_owned(),
+            tenant: TenantId::parse(tenant).unwrap(),
+        }))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn authorize_grants_exactly_each_principals_rights(
+            tenant in "[a-z][a-z0-9_-]{0,20}",
+            key_id in "key_[0-9a-f]{16}",
+            requirement in proptest::sample::select(Requirement::ALL.to_vec()),
+        ) {
+            let principal = tenant_key(&tenant, &key_id);
+            proptest::prop_assert_eq!(
+                authorize(&principal, requirement),
+                rights(&principal, requirement)
+            );
+        }
+    }
+
     #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, HeaderValue::from_static("bEaReR abc"));
-        assert_eq!(bearer_secret(&headers), Some("abc"));
-        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer_secret(&headers), None);
-        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer_secret(&headers), None);
+    fn every_principal_kind_and_requirement_pair_is_decided() {
+        let principals = [tenant_key("t", "key_0")];
+        let mut refused = 0;
+        for principal in &principals {
+            for requirement in Requirement::ALL {
+                let outcome = authorize(principal, requirement);
+                assert_eq!(
+                    outcome,
+                    rights(principal, requirement),
+                    "{principal:?} {requirement:?}"
+                );
+                refused += usize::from(outcome.is_err());
+            }
+        }
+        // A tenant key may not call the admin operations.
+        assert_eq!(refused, 1);
+    }
+
+    #[test]
+    fn a_tenant_key_acts_for_the_end_user_it_names() {
+        let principal = tenant_key("t", "key_0");
+        let user = EndUserId::parse("u-1").unwrap();
+        let caller = principal.act_for(Some(user.clone())).unwrap();
+        assert_eq!(caller.scope().tenant.as_str(), "t");
+        assert_eq!(caller.scope().end_user, Some(user));
+        assert_eq!(principal.act_for(None).unwrap().scope().end_user, None);
     }
 }

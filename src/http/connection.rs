@@ -16,30 +16,71 @@ use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
+use tower::{Layer, Service};
 
-/// Marks the response of `inner` `Connection: close` when the request had a
-/// body that was not read to its end.
-pub(crate) async fn close_if_body_unread<F, Fut>(request: Request, inner: F) -> Response
+use super::on_response::{OnResponse, Then};
+
+/// API layer, outermost: marks the response `Connection: close` when the
+/// request had a body that was not read to its end.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CloseIfBodyUnreadLayer;
+
+impl<S> Layer<S> for CloseIfBodyUnreadLayer {
+    type Service = CloseIfBodyUnread<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CloseIfBodyUnread { inner }
+    }
+}
+
+/// A service behind [`CloseIfBodyUnreadLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct CloseIfBodyUnread<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for CloseIfBodyUnread<S>
 where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
+    S: Service<Request, Response = Response>,
 {
-    let (parts, body) = request.into_parts();
-    if body.is_end_stream() {
-        return inner(Request::from_parts(parts, body)).await;
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Then<S::Future, CloseIfUnread>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
-    let finished = Arc::new(AtomicBool::new(false));
-    let body = Body::new(TrackedBody {
-        inner: body,
-        finished: Arc::clone(&finished),
-    });
-    let mut response = inner(Request::from_parts(parts, body)).await;
-    if !finished.load(Ordering::Acquire) {
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        if body.is_end_stream() {
+            return Then::new(self.inner.call(Request::from_parts(parts, body)), None);
+        }
+        let finished = Arc::new(AtomicBool::new(false));
+        let body = Body::new(TrackedBody {
+            inner: body,
+            finished: Arc::clone(&finished),
+        });
+        Then::new(
+            self.inner.call(Request::from_parts(parts, body)),
+            Some(CloseIfUnread(finished)),
+        )
+    }
+}
+
+/// Marks the response `Connection: close` unless the body (whose end this
+/// flag records) was read to its end.
+pub(crate) struct CloseIfUnread(Arc<AtomicBool>);
+
+impl OnResponse for CloseIfUnread {
+    fn on_response(self, mut response: Response) -> Response {
+        if !self.0.load(Ordering::Acquire) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    response
 }
 
 /// A request body that records when it has been read to the end.

@@ -27,6 +27,9 @@ pub enum AppError {
     /// 401: missing, malformed, unknown or revoked key.
     #[error("a valid API key is required (Authorization: Bearer <key>)")]
     Unauthorized,
+    /// 403: a valid credential, for an operation it may not call.
+    #[error("this credential may not call this operation")]
+    Forbidden,
     /// 404: no such entry or route visible to the caller.
     #[error("{0}")]
     NotFound(&'static str),
@@ -71,6 +74,7 @@ impl AppError {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
@@ -88,6 +92,7 @@ impl AppError {
         match self {
             Self::InvalidRequest { .. } => "invalid_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
@@ -149,10 +154,10 @@ pub(crate) struct ErrorEnvelope {
 pub(crate) struct ErrorBody {
     /// Machine-readable. An open set: later versions may add codes, so
     /// treat an unknown one by its HTTP status. Current codes:
-    /// `invalid_request` (400), `unauthorized` (401), `not_found` (404),
-    /// `method_not_allowed` (405), `conflict` (409), `payload_too_large`
-    /// (413), `unsupported_media_type` (415), `rate_limited` (429),
-    /// `internal` (500), `unavailable` (503).
+    /// `invalid_request` (400), `unauthorized` (401), `forbidden` (403),
+    /// `not_found` (404), `method_not_allowed` (405), `conflict` (409),
+    /// `payload_too_large` (413), `unsupported_media_type` (415),
+    /// `rate_limited` (429), `internal` (500), `unavailable` (503).
     #[schema(example = "invalid_request")]
     code: &'static str,
     /// For humans; never internal detail.

@@ -58,7 +58,7 @@ const CSV_HEADER: [&str; 7] = [
 /// memory does not grow with the number of rows.
 #[utoipa::path(
     get,
-    path = "/api/v1/llm/feedback/export/{kind}",
+    path = "/llm/feedback/export/{kind}",
     tag = "feedback",
     summary = "Export feedback as CSV (streamed)",
     params(KindPath, ExportParams, OnBehalfOf),

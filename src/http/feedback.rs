@@ -175,7 +175,7 @@ impl From<Feedback> for FeedbackResponse {
 /// `POST /api/v1/llm/feedback/{kind}`: records feedback once per output.
 #[utoipa::path(
     post,
-    path = "/api/v1/llm/feedback/{kind}",
+    path = "/llm/feedback/{kind}",
     tag = "feedback",
     summary = "Create feedback for an output",
     params(KindPath, OnBehalfOf),
@@ -199,7 +199,7 @@ pub(crate) async fn create_feedback(
 /// `PUT /api/v1/llm/feedback/{kind}/{id}`: applies the fields present, atomically.
 #[utoipa::path(
     put,
-    path = "/api/v1/llm/feedback/{kind}/{id}",
+    path = "/llm/feedback/{kind}/{id}",
     tag = "feedback",
     summary = "Update feedback: absent fields stay, null clears, a value replaces",
     params(EntryPath, OnBehalfOf),
@@ -228,7 +228,7 @@ pub(crate) async fn update_feedback(
 /// `GET /api/v1/llm/feedback/{kind}/{id}`.
 #[utoipa::path(
     get,
-    path = "/api/v1/llm/feedback/{kind}/{id}",
+    path = "/llm/feedback/{kind}/{id}",
     tag = "feedback",
     summary = "Get feedback",
     params(EntryPath, OnBehalfOf),
@@ -251,7 +251,7 @@ pub(crate) async fn get_feedback(
 /// `POST` there is batch get).
 #[utoipa::path(
     get,
-    path = "/api/v1/llm/feedback/{kind}/batch",
+    path = "/llm/feedback/{kind}/batch",
     tag = "feedback",
     summary = "Get the entry whose id is `batch`",
     params(KindPath, OnBehalfOf),
@@ -268,7 +268,7 @@ pub(crate) async fn get_feedback_named_batch(
 /// `PUT /api/v1/llm/feedback/{kind}/batch`: updates the entry named `batch`.
 #[utoipa::path(
     put,
-    path = "/api/v1/llm/feedback/{kind}/batch",
+    path = "/llm/feedback/{kind}/batch",
     tag = "feedback",
     summary = "Update the entry whose id is `batch`",
     params(KindPath, OnBehalfOf),

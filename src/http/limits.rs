@@ -1,21 +1,27 @@
 //! Back-pressure: a bound on requests in flight, a deadline per request, and
 //! an optional per-key rate limit.
 
+use std::future::{Ready, ready};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body::{Body as _, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Timeout;
+use tower::{Layer, Service};
 
 use super::AppError;
+use super::on_response::{OnResponse, Then};
 use crate::telemetry::{RATE_LIMITED, REQUEST_TIMEOUTS, REQUESTS_SHED};
 
 /// The concurrency bound and the deadline, shared by every request.
@@ -36,43 +42,143 @@ impl Limits {
     }
 }
 
-/// API requests beyond the bound are answered 503 at once rather
-/// than queued without limit; every request past its deadline gets 503.
-/// Operational endpoints are not shed, so probes see the process as it is.
-pub(crate) async fn enforce_limits<F, Fut>(limits: &Limits, request: Request, inner: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
-{
-    let mut permit = None;
-    if request.uri().path().starts_with("/api/") {
-        let Ok(acquired) = Arc::clone(&limits.permits).try_acquire_owned() else {
-            metrics::counter!(REQUESTS_SHED).increment(1);
-            return AppError::Unavailable(format!(
-                "overloaded: {} requests in flight",
-                limits.max_in_flight
-            ))
-            .into_response();
-        };
-        permit = Some(acquired);
+/// API layer: requests beyond the bound are answered 503 at once rather
+/// than queued without limit. Only the API router carries it: operational
+/// endpoints are not shed, so probes see the process as it is. Inside
+/// authentication, so that refused credentials never hold a slot.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlightLayer(pub(crate) Limits);
+
+impl<S> Layer<S> for InFlightLayer {
+    type Service = InFlight<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlight {
+            inner,
+            limits: self.0.clone(),
+        }
     }
-    let Ok(response) = tokio::time::timeout(limits.timeout, inner(request)).await else {
-        metrics::counter!(REQUEST_TIMEOUTS).increment(1);
-        return AppError::Unavailable(format!(
-            "request timed out after {} ms",
-            limits.timeout.as_millis()
-        ))
-        .into_response();
-    };
-    match permit {
-        // A streamed body (an export) counts until its last byte.
-        Some(permit) if response.body().size_hint().exact().is_none() => response.map(|body| {
+}
+
+/// A service behind [`InFlightLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight<S> {
+    inner: S,
+    limits: Limits,
+}
+
+impl<S> Service<Request> for InFlight<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, Then<S::Future, HoldSlot>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Ok(permit) = Arc::clone(&self.limits.permits).try_acquire_owned() else {
+            metrics::counter!(REQUESTS_SHED).increment(1);
+            let shed = AppError::Unavailable(format!(
+                "overloaded: {} requests in flight",
+                self.limits.max_in_flight
+            ));
+            return Either::Left(ready(Ok(shed.into_response())));
+        };
+        Either::Right(Then::new(self.inner.call(request), Some(HoldSlot(permit))))
+    }
+}
+
+/// Holds the request's slot until the response, or, for a streamed body
+/// (an export), until its last byte.
+pub(crate) struct HoldSlot(OwnedSemaphorePermit);
+
+impl OnResponse for HoldSlot {
+    fn on_response(self, response: Response) -> Response {
+        if response.body().size_hint().exact().is_some() {
+            return response;
+        }
+        response.map(|body| {
             Body::new(InFlightUntilEnd {
                 body,
-                permit: Some(permit),
+                permit: Some(self.0),
             })
-        }),
-        _ => response,
+        })
+    }
+}
+
+/// Layer: every request past its deadline gets 503 (the API's and the
+/// operational routes' alike).
+#[derive(Debug, Clone)]
+pub(crate) struct DeadlineLayer(pub(crate) Limits);
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            timeout: self.0.timeout,
+        }
+    }
+}
+
+/// A service behind [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Deadline<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S> Service<Request> for Deadline<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = WithinDeadline<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        WithinDeadline {
+            inner: tokio::time::timeout(self.timeout, self.inner.call(request)),
+            timeout: self.timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Deadline`].
+    pub(crate) struct WithinDeadline<F> {
+        #[pin]
+        inner: Timeout<F>,
+        timeout: Duration,
+    }
+}
+
+impl<F, E> Future for WithinDeadline<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(outcome) = ready!(this.inner.poll(cx)) else {
+            metrics::counter!(REQUEST_TIMEOUTS).increment(1);
+            let timed_out = AppError::Unavailable(format!(
+                "request timed out after {} ms",
+                this.timeout.as_millis()
+            ));
+            return Poll::Ready(Ok(timed_out.into_response()));
+        };
+        Poll::Ready(outcome)
     }
 }
 

@@ -150,7 +150,7 @@ pub(crate) struct ListResponse {
 /// `GET /api/v1/llm/feedback/{kind}`: one page, newest first by default.
 #[utoipa::path(
     get,
-    path = "/api/v1/llm/feedback/{kind}",
+    path = "/llm/feedback/{kind}",
     tag = "feedback",
     summary = "List feedback, keyset-paginated",
     params(KindPath, ListParams, OnBehalfOf),
@@ -285,7 +285,7 @@ pub(crate) struct BatchGetResponse {
 /// answered in the order asked (duplicates answered each time).
 #[utoipa::path(
     post,
-    path = "/api/v1/llm/feedback/{kind}/batch",
+    path = "/llm/feedback/{kind}/batch",
     tag = "feedback",
     summary = "Get up to 100 entries at once",
     params(KindPath, OnBehalfOf),

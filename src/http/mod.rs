@@ -1,5 +1,10 @@
 //! The HTTP layer: router, layers, fallbacks.
+//!
+//! Two routers: `/api/v1` (authenticated, bounded; each route states what
+//! it requires) nested in the outer one (operational routes, fallbacks, the
+//! layers every request passes).
 
+mod authn;
 mod connection;
 mod error;
 mod export;
@@ -7,6 +12,7 @@ mod extract;
 mod feedback;
 mod limits;
 mod list;
+mod on_response;
 mod openapi;
 mod ops;
 mod serve;
@@ -15,23 +21,24 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::IntoResponse;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 pub use error::{AppError, ErrorCause, Result};
 pub use feedback::format_timestamp;
 pub use limits::KeyRateLimiter;
 use limits::Limits;
+use openapi::Surface;
 pub use serve::{ConnectionSettings, serve};
 
-use crate::auth::{self, Authenticator};
+use crate::auth::{Authenticator, Requirement};
 use crate::config::CorsOrigin;
 use crate::store::Store;
 use crate::telemetry;
@@ -84,35 +91,84 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<CorsOrigin>,
 }
 
-/// Every route, each with its OpenAPI annotation: what is served is what is
-/// documented.
-fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(feedback::create_feedback, list::list_feedback))
-        .routes(routes!(feedback::get_feedback, feedback::update_feedback))
+/// The `/api/v1` operations, each with its OpenAPI annotation (what is
+/// served is what is documented) and the [`Requirement`] it states, checked
+/// by a layer of its own before any of its extractors run.
+fn api_routes() -> OpenApiRouter<AppState> {
+    let routes = OpenApiRouter::new()
+        .routes(requiring(
+            Requirement::OneOutput,
+            routes!(feedback::create_feedback),
+        ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(list::list_feedback),
+        ))
+        .routes(requiring(
+            Requirement::OneOutput,
+            routes!(feedback::get_feedback, feedback::update_feedback),
+        ))
         // Static segments win over `{id}`: GET and PUT here address the entry
         // named `batch`, POST is batch get.
-        .routes(routes!(
-            list::batch_get_feedback,
-            feedback::get_feedback_named_batch,
-            feedback::update_feedback_named_batch
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(list::batch_get_feedback),
         ))
-        .routes(routes!(export::export_feedback))
+        .routes(requiring(
+            Requirement::OneOutput,
+            routes!(
+                feedback::get_feedback_named_batch,
+                feedback::update_feedback_named_batch
+            ),
+        ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(export::export_feedback),
+        ));
+    described(routes, Surface::Api)
+}
+
+/// The operational routes: no credential, never shed.
+fn operational_routes() -> OpenApiRouter<AppState> {
+    let routes = OpenApiRouter::new()
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
-        .routes(routes!(ops::openapi_json))
+        .routes(routes!(ops::openapi_json));
+    described(routes, Surface::Operational)
 }
+
+/// Puts `requirement` on the routes of one `routes!` (a route layer: not on
+/// the 405 fallback, which the API layers already guard).
+fn requiring(
+    requirement: Requirement,
+    (schemas, paths, routes): UtoipaMethodRouter<AppState>,
+) -> UtoipaMethodRouter<AppState> {
+    (
+        schemas,
+        paths,
+        routes.route_layer(authn::Require(requirement)),
+    )
+}
+
+fn described(mut routes: OpenApiRouter<AppState>, surface: Surface) -> OpenApiRouter<AppState> {
+    openapi::describe(routes.get_openapi_mut(), surface);
+    routes
+}
+
+/// Where the API router hangs.
+const API_PREFIX: &str = "/api/v1";
+/// See `router`.
+const API_SLASH: &str = "/api/v1/";
 
 /// The OpenAPI document of every route, as served.
 #[must_use]
 pub fn openapi_document() -> serde_json::Value {
-    routes_and_document().1
-}
-
-fn routes_and_document() -> (Router<AppState>, serde_json::Value) {
-    let (service_routes, document) = routes().split_for_parts();
-    (service_routes, openapi::finish(document))
+    let (_, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest(API_PREFIX, api_routes())
+        .merge(operational_routes())
+        .split_for_parts();
+    openapi::finish(document)
 }
 
 /// The whole service: every route, with its layers.
@@ -124,32 +180,50 @@ pub fn router(
     export_max_rows: u64,
     settings: &HttpSettings,
 ) -> Router {
-    let (service_routes, document) = routes_and_document();
-    let openapi_json = document.to_string();
     let state = AppState(Arc::new(AppServices {
         authenticator,
         store,
         rate_limiter,
         export_max_rows,
         exports: export::ExportLimits::new(settings.request_timeout),
-        openapi_json: openapi_json.into(),
+        openapi_json: openapi_document().to_string().into(),
         readiness: ops::Readiness::default(),
         workers,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
-    let layered = service_routes
+    // Layers of the API router, outermost first (fallbacks included, so
+    // unknown `/api/v1` paths need a key too). One `layer` call: axum boxes
+    // each layer it is given. Authentication comes before the in-flight bound so that
+    // refused credentials never hold a slot (API.md: floods of bad
+    // credentials); `Connection: close` sees every answer given before the
+    // body was read.
+    let (api, _) = api_routes().split_for_parts();
+    let api = api
         .route_layer(middleware::from_fn(telemetry::record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        // Outside routing: authentication guards unknown `/api/v1` paths too.
-        .layer(middleware::from_fn_with_state(
-            Guards {
-                limits,
-                state: state.clone(),
-            },
-            guard,
-        ));
+        .layer(
+            ServiceBuilder::new()
+                .layer(connection::CloseIfBodyUnreadLayer)
+                .layer(authn::AuthenticateLayer(state.clone()))
+                .layer(limits::InFlightLayer(limits.clone()))
+                .layer(limits::DeadlineLayer(limits.clone())),
+        );
+    let (operational, _) = operational_routes().split_for_parts();
+    let operational = operational
+        .route_layer(middleware::from_fn(telemetry::record_route))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(limits::DeadlineLayer(limits));
+    // `nest` routes `/api/v1` and `/api/v1/...` to the API router, but not
+    // `/api/v1/` (an empty catch-all): that one is sent to the API router
+    // whole, whose fallback answers it behind the same layers.
+    let api_slash = api.clone().with_state(state.clone());
+    let layered = Router::new()
+        .nest(API_PREFIX, api)
+        .route_service(API_SLASH, api_slash)
+        .merge(operational)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     // CORS outside authentication: preflights carry no credentials.
     let layered = match cors_layer(&settings.cors_allowed_origins) {
         Some(cors) => layered.layer(cors),
@@ -160,34 +234,6 @@ pub fn router(
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(telemetry::trace_request))
         .with_state(state)
-}
-
-/// What the guard layer needs.
-#[derive(Clone)]
-struct Guards {
-    limits: Limits,
-    state: AppState,
-}
-
-/// The API's guards, outermost first: `Connection: close` for unread
-/// bodies, authentication, then load shedding and the request deadline.
-/// Authentication comes before the in-flight bound so that refused
-/// credentials never hold a slot (API.md: floods of bad credentials). One
-/// layer rather than three: every `from_fn` layer costs a clone of the inner
-/// service and two boxes per request.
-async fn guard(
-    State(Guards { limits, state }): State<Guards>,
-    request: Request,
-    next: Next,
-) -> Response {
-    connection::close_if_body_unread(request, move |request| async move {
-        auth::require_api_key(&state, request, move |request| async move {
-            limits::enforce_limits(&limits, request, move |request| next.run(request)).await
-        })
-        .await
-        .into_response()
-    })
-    .await
 }
 
 /// CORS for browser frontends, when origins are configured.

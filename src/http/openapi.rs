@@ -2,10 +2,11 @@
 //!
 //! The router is built from the same annotated handlers (utoipa-axum's
 //! `routes!`), so a route cannot be served without being documented. What
-//! every operation shares (the bearer scheme, the error responses) is added
-//! here once, by `CommonResponses`; `finish` then puts the document in the
-//! shape that client generators need, for every operation (see
-//! `tidy_for_generators`).
+//! the operations of one router share (their error responses, whether they
+//! need the key) is added once per router by `describe`, from the router an
+//! operation is in, not from its path; `finish` then adds the bearer scheme
+//! and puts the document in the shape that client generators need, for
+//! every operation (see `tidy_for_generators`).
 
 use std::borrow::Cow;
 
@@ -16,7 +17,7 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr};
-use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{IntoParams, OpenApi, PartialSchema, ToSchema};
 
 use super::error::ErrorEnvelope;
 
@@ -30,7 +31,7 @@ use super::error::ErrorEnvelope;
     ),
     servers((url = "/", description = "The service that serves this document")),
     // Every operation needs the key unless it says otherwise; operational
-    // routes say `security: []` (`CommonResponses`).
+    // routes say `security: []` (`describe`).
     security(("bearer" = [])),
     components(schemas(
         ErrorEnvelope,
@@ -235,10 +236,52 @@ pub(crate) struct ExportParams {
     rating: Option<RatingSchema>,
 }
 
+/// Which router an operation is served by, and so which errors it can give
+/// and whether it needs a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// Under `/api/v1`: authenticated, authorized, bounded.
+    Api,
+    /// Health, readiness, metrics, this document: no credential.
+    Operational,
+}
+
+/// Adds to every operation of `document` (one router's part of the whole)
+/// the error responses it can give (all with the `ErrorResponse` envelope),
+/// so annotations list only successes. The whole document's root `security`
+/// asks for the key; operational operations say `security: []`.
+pub(crate) fn describe(document: &mut Document, surface: Surface) {
+    for (path, item) in &mut document.paths.paths {
+        for (method, operation) in [
+            ("get", &mut item.get),
+            ("post", &mut item.post),
+            ("put", &mut item.put),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+        ] {
+            if let Some(operation) = operation {
+                add_error_responses(operation, surface, method, path);
+                if surface == Surface::Operational {
+                    operation.security = Some(Vec::new());
+                }
+            }
+        }
+    }
+}
+
 /// Completes the document once every route is in it: the typed model first,
 /// then, as JSON, what the typed model cannot say.
 pub(crate) fn finish(mut document: Document) -> Value {
-    CommonResponses.modify(&mut document);
+    let components = document.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("An API key: `Authorization: Bearer lfk_...`"))
+                .build(),
+        ),
+    );
     let mut json = match serde_json::to_value(&document) {
         Ok(json) => json,
         // Unreachable in practice (the model is plain data); the service
@@ -249,44 +292,6 @@ pub(crate) fn finish(mut document: Document) -> Value {
     };
     tidy_for_generators(&mut json);
     json
-}
-
-/// Adds the bearer scheme, and to every operation the error responses it can
-/// give (all with the `ErrorResponse` envelope), so annotations list only
-/// successes. The document's root `security` asks for the key; operational
-/// routes (outside `/api/`) need none and say so with `security: []`.
-struct CommonResponses;
-
-impl Modify for CommonResponses {
-    fn modify(&self, openapi: &mut Document) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API key: `Authorization: Bearer lfk_...`"))
-                    .build(),
-            ),
-        );
-        for (path, item) in &mut openapi.paths.paths {
-            let is_api = path.starts_with("/api/");
-            for (method, operation) in [
-                ("get", &mut item.get),
-                ("post", &mut item.post),
-                ("put", &mut item.put),
-                ("delete", &mut item.delete),
-                ("patch", &mut item.patch),
-            ] {
-                if let Some(operation) = operation {
-                    add_error_responses(operation, is_api, method, path);
-                    if !is_api {
-                        operation.security = Some(Vec::new());
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// What client generators (openapi-typescript, openapi-python-client) need
@@ -370,7 +375,7 @@ fn visit_schemas(value: &mut Value) {
     }
 }
 
-fn add_error_responses(operation: &mut Operation, is_api: bool, method: &str, path: &str) {
+fn add_error_responses(operation: &mut Operation, surface: Surface, method: &str, path: &str) {
     let has_body = operation.request_body.is_some();
     // Any request can fail, time out or be shed; readiness answers 503 by design.
     let mut statuses: Vec<(&str, &str)> = vec![
@@ -380,13 +385,14 @@ fn add_error_responses(operation: &mut Operation, is_api: bool, method: &str, pa
             "Database unreachable, overloaded or past the request timeout; retry later",
         ),
     ];
-    if is_api {
+    if surface == Surface::Api {
         statuses.extend([
             (
                 "400",
                 "Invalid request: bad JSON, fields, values, query or header",
             ),
             ("401", "Missing, malformed, unknown or revoked API key"),
+            ("403", "The credential may not call this operation"),
             (
                 "404",
                 "No such entry visible to the caller, or unknown kind",

@@ -45,6 +45,7 @@ macro_rules! per_store {
 }
 
 mod auth;
+mod authorization;
 mod binary;
 mod cli;
 mod cluster;
