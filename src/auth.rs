@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use crate::feedback::{EndUserId, FieldError, Scope, TenantId};
 use crate::http::{AppError, AppState};
 use crate::store::{NewApiKey, Store, StoreError};
-use crate::telemetry::{AUTH_FAILURES, KEY_LOOKUPS, RequestContext};
+use crate::telemetry::{AUTH_FAILURES, KEY_LOOKUPS};
 
 /// Every generated secret starts with this, so leaked keys are recognisable
 /// (secret scanners, logs).
@@ -381,7 +381,7 @@ where
         metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
         return Err(AppError::Unauthorized);
     };
-    RequestContext::record_tenant(&key);
+    tracing::Span::current().record("tenant", key.tenant.as_str());
     let mut response = match admit(state, &key, &mut request) {
         Ok(()) => next(request).await,
         Err(err) => err.into_response(),

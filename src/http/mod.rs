@@ -10,6 +10,7 @@ mod list;
 mod openapi;
 mod ops;
 mod serve;
+mod trace;
 
 use std::sync::Arc;
 
@@ -34,7 +35,6 @@ pub use serve::{ConnectionSettings, serve};
 use crate::auth::{self, Authenticator};
 use crate::config::CorsOrigin;
 use crate::store::Store;
-use crate::telemetry;
 use crate::worker::WorkerHealth;
 
 /// Bodies up to this many bytes are read; larger ones are 413.
@@ -138,7 +138,7 @@ pub fn router(
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     let layered = service_routes
-        .route_layer(middleware::from_fn(telemetry::record_route))
+        .route_layer(middleware::from_fn(trace::record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -158,7 +158,7 @@ pub fn router(
     layered
         // A panic in a handler still gets the 500 envelope, and its log line.
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(telemetry::trace_request))
+        .layer(middleware::from_fn(trace::trace_request))
         .with_state(state)
 }
 

@@ -1,0 +1,156 @@
+//! The request span, the request id, and one log line and two metric series
+//! per request.
+
+use std::collections::HashMap;
+use std::sync::{OnceLock, PoisonError, RwLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics::{Counter, Histogram};
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
+use super::ErrorCause;
+use crate::telemetry::{HTTP_REQUEST_DURATION, HTTP_REQUESTS};
+
+/// The request id header, kept from the caller when sane, else generated.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// 1 to 128 characters from `A-Z a-z 0-9 . _ : -` (API.md).
+fn is_sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A random (v4) UUID from the thread's userspace generator: `Uuid::new_v4`
+/// asks the kernel for every id, a system call per request.
+fn generate_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes())
+        .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Outermost middleware: settles the request id, runs the rest of the
+/// request inside the `request` span (`request_id`, `method`; `route` and
+/// `tenant` recorded by inner layers once known), and writes one line in that
+/// span when the response is ready. Never logs headers or bodies.
+///
+/// The span is at level `ERROR` so that `RUST_LOG=warn` (or `error`) keeps
+/// it: it carries context, not an event of its own, and the warnings and
+/// errors inside a request are the lines that most need its request id.
+pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .filter(|value| is_sane_request_id(value))
+        .cloned()
+        .unwrap_or_else(generate_request_id);
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id.clone());
+    let method = request.method().clone();
+    let span = tracing::error_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or_default(),
+        method = method.as_str(),
+        route = Empty,
+        tenant = Empty,
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    // Unmatched paths share one label: raw paths would let clients create
+    // unbounded series.
+    let route = response.extensions().get::<MatchedPath>();
+    if route.is_none() {
+        span.record("route", "unmatched");
+    }
+    let route = route.map_or("unmatched", MatchedPath::as_str);
+    let (requests, duration) = request_series(&method, route, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
+    if let Some(ErrorCause(cause)) = response.extensions().get::<ErrorCause>() {
+        tracing::error!(parent: &span, status, latency_ms, error.cause = %cause, "request failed");
+    } else {
+        tracing::info!(parent: &span, status, latency_ms, "request");
+    }
+    response
+}
+
+/// Route-level middleware: records the matched route template (never the raw
+/// path, which holds ids) in the request span, and hands it to
+/// `trace_request` for the metrics labels.
+pub(crate) async fn record_route(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    if let Some(route) = &route {
+        tracing::Span::current().record("route", route.as_str());
+    }
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response
+}
+
+/// The `method` label of requests with an unusual method.
+static OTHER_METHOD: std::sync::LazyLock<Method> =
+    std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or(Method::GET));
+
+/// The request count and latency series of one (method, route, status),
+/// registered once and then reused: building labelled keys costs several
+/// allocations and a registry lookup per request.
+fn request_series(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
+    type Series = HashMap<Box<str>, Vec<(Method, u16, Counter, Histogram)>>;
+    static SERIES: OnceLock<RwLock<Series>> = OnceLock::new();
+    // Methods are the client's choice: unusual ones share one label.
+    let method = match *method {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS => method,
+        _ => &OTHER_METHOD,
+    };
+    let series = SERIES.get_or_init(RwLock::default);
+    let find = |series: &Series| {
+        series.get(route).and_then(|of_route| {
+            of_route
+                .iter()
+                .find(|(m, s, _, _)| m == method && *s == status)
+                .map(|(_, _, count, latency)| (count.clone(), latency.clone()))
+        })
+    };
+    if let Some(found) = find(&series.read().unwrap_or_else(PoisonError::into_inner)) {
+        return found;
+    }
+    let mut series = series.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(found) = find(&series) {
+        return found;
+    }
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    let count = metrics::counter!(HTTP_REQUESTS, &labels);
+    let latency = metrics::histogram!(HTTP_REQUEST_DURATION, &labels);
+    series.entry(route.into()).or_default().push((
+        method.clone(),
+        status,
+        count.clone(),
+        latency.clone(),
+    ));
+    (count, latency)
+}
