@@ -1,17 +1,16 @@
 //! The request span, the request id, and one log line and two metric series
 //! per request.
 
-use std::collections::HashMap;
-use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{Counter, Histogram};
+use metrics::SharedString;
 use tracing::Instrument as _;
 use tracing::field::Empty;
+use uuid::Uuid;
 
 use super::ErrorCause;
 use crate::telemetry::{HTTP_REQUEST_DURATION, HTTP_REQUESTS};
@@ -28,13 +27,18 @@ fn is_sane_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// A random (v4) UUID from the thread's userspace generator: `Uuid::new_v4`
-/// asks the kernel for every id, a system call per request.
-fn generate_request_id() -> HeaderValue {
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+/// The caller's request id when sane, else a random (v4) UUID.
+fn request_id(request: &Request) -> HeaderValue {
+    if let Some(id) = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .filter(|value| is_sane_request_id(value))
+    {
+        return id.clone();
+    }
     let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes())
-        .unwrap_or(HeaderValue::from_static("unknown"))
+    let id = Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Outermost middleware: settles the request id, runs the rest of the
@@ -47,12 +51,7 @@ fn generate_request_id() -> HeaderValue {
 /// errors inside a request are the lines that most need its request id.
 pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .filter(|value| is_sane_request_id(value))
-        .cloned()
-        .unwrap_or_else(generate_request_id);
+    let request_id = request_id(&request);
     request
         .headers_mut()
         .insert(REQUEST_ID_HEADER, request_id.clone());
@@ -76,9 +75,13 @@ pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response 
         span.record("route", "unmatched");
     }
     let route = route.map_or("unmatched", MatchedPath::as_str);
-    let (requests, duration) = request_series(&method, route, status);
-    requests.increment(1);
-    duration.record(elapsed.as_secs_f64());
+    let labels = [
+        ("method", SharedString::from(method_label(&method))),
+        ("route", SharedString::from(route.to_owned())),
+        ("status", SharedString::from(status.to_string())),
+    ];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
     if let Some(ErrorCause(cause)) = response.extensions().get::<ErrorCause>() {
         tracing::error!(parent: &span, status, latency_ms, error.cause = %cause, "request failed");
     } else {
@@ -102,55 +105,17 @@ pub(crate) async fn record_route(request: Request, next: Next) -> Response {
     response
 }
 
-/// The `method` label of requests with an unusual method.
-static OTHER_METHOD: std::sync::LazyLock<Method> =
-    std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or(Method::GET));
-
-/// The request count and latency series of one (method, route, status),
-/// registered once and then reused: building labelled keys costs several
-/// allocations and a registry lookup per request.
-fn request_series(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
-    type Series = HashMap<Box<str>, Vec<(Method, u16, Counter, Histogram)>>;
-    static SERIES: OnceLock<RwLock<Series>> = OnceLock::new();
-    // Methods are the client's choice: unusual ones share one label.
-    let method = match *method {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::DELETE
-        | Method::PATCH
-        | Method::HEAD
-        | Method::OPTIONS => method,
-        _ => &OTHER_METHOD,
-    };
-    let series = SERIES.get_or_init(RwLock::default);
-    let find = |series: &Series| {
-        series.get(route).and_then(|of_route| {
-            of_route
-                .iter()
-                .find(|(m, s, _, _)| m == method && *s == status)
-                .map(|(_, _, count, latency)| (count.clone(), latency.clone()))
-        })
-    };
-    if let Some(found) = find(&series.read().unwrap_or_else(PoisonError::into_inner)) {
-        return found;
+/// The `method` label: methods are the client's choice, so unusual ones
+/// share one label.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
-    let mut series = series.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(found) = find(&series) {
-        return found;
-    }
-    let labels = [
-        ("method", method.as_str().to_owned()),
-        ("route", route.to_owned()),
-        ("status", status.to_string()),
-    ];
-    let count = metrics::counter!(HTTP_REQUESTS, &labels);
-    let latency = metrics::histogram!(HTTP_REQUEST_DURATION, &labels);
-    series.entry(route.into()).or_default().push((
-        method.clone(),
-        status,
-        count.clone(),
-        latency.clone(),
-    ));
-    (count, latency)
 }
