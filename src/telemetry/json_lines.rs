@@ -1,6 +1,7 @@
 //! The JSON log format: one object per line, an event's own fields and those
-//! of the spans it happened in, innermost first (the request's `request_id`,
-//! `method`, `route`, `tenant`), all at the top level:
+//! of the spans it happened in, innermost first, each in its declared order
+//! (the request's `request_id`, `method`, `route`, `tenant`), all at the top
+//! level:
 //! `{"timestamp":…,"level":…,"message":…,<fields>,<span fields>,"target":…}`.
 //!
 //! tracing-subscriber's own JSON format keeps span fields as JSON text and
@@ -33,7 +34,7 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut values = FieldValues::default();
+        let mut values = FieldValues::with_room_for(attrs.metadata().fields().len());
         attrs.record(&mut values);
         span.extensions_mut().insert(values);
     }
@@ -47,10 +48,11 @@ where
     }
 }
 
-/// A span's recorded fields in the order they were first recorded (fields
-/// declared `Empty` join when recorded; a second record replaces the value).
-#[derive(Debug, Default)]
-struct FieldValues(Vec<(&'static str, FieldValue)>);
+/// A span's recorded fields, in the order the span declares them (fields
+/// declared `Empty` are left out until recorded; a second record replaces
+/// the value), by the field's index in its span's field set.
+#[derive(Debug)]
+struct FieldValues(Vec<Option<(&'static str, FieldValue)>>);
 
 #[derive(Debug)]
 enum FieldValue {
@@ -62,16 +64,18 @@ enum FieldValue {
 }
 
 impl FieldValues {
+    fn with_room_for(fields: usize) -> Self {
+        Self(std::iter::repeat_with(|| None).take(fields).collect())
+    }
+
     fn set(&mut self, field: &Field, value: FieldValue) {
-        let name = field.name();
-        match self.0.iter_mut().find(|(known, _)| *known == name) {
-            Some((_, old)) => *old = value,
-            None => self.0.push((name, value)),
+        if let Some(slot) = self.0.get_mut(field.index()) {
+            *slot = Some((field.name(), value));
         }
     }
 
     fn write(&self, out: &mut Writer<'_>) -> fmt::Result {
-        for (name, value) in &self.0 {
+        for (name, value) in self.0.iter().flatten() {
             match value {
                 FieldValue::Text(text) => write_string(out, name, text)?,
                 FieldValue::Signed(n) => write_number(out, name, n)?,
@@ -425,6 +429,27 @@ mod tests {
                 "\"request_id\":\"req-7\",\"method\":\"GET\",\"target\":"
             )),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn span_fields_keep_their_declared_order_whatever_the_recording_order() {
+        let raw = raw_lines(|| {
+            let span = tracing::error_span!(
+                "request",
+                request_id = "r",
+                route = tracing::field::Empty,
+                tenant = tracing::field::Empty,
+            );
+            span.record("tenant", "acme");
+            span.record("route", "/x");
+            span.in_scope(|| tracing::warn!("x"));
+        });
+        assert_eq!(raw.len(), 1);
+        assert!(
+            raw[0].contains("\"request_id\":\"r\",\"route\":\"/x\",\"tenant\":\"acme\","),
+            "{}",
+            raw[0]
         );
     }
 
