@@ -1,32 +1,24 @@
-//! Logs: the subscriber, request ids, and one line per request.
+//! Logs and metrics: the subscriber and its JSON format, the metric names,
+//! the Prometheus recorder. The request span and the request's log line are
+//! `http::trace`'s.
 
 mod json_lines;
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::Response;
-use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::auth::KeyIdentity;
 use crate::config::{LogArgs, LogFormat};
-use crate::http::ErrorCause;
-use json_lines::JsonLines;
-pub(crate) use json_lines::RequestContext;
-
-/// The request id header, kept from the caller when sane, else generated.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Installs the global subscriber: `RUST_LOG` filter, pretty on a terminal,
-/// JSON elsewhere, written to stderr (stdout is for command output) by
+/// JSON elsewhere (span fields at the top level of each line, see
+/// `json_lines`), written to stderr (stdout is for command output) by
 /// `tracing-appender`'s non-blocking writer: a request only queues its line
 /// (at most `LOG_BUFFER_LINES` wait); when the queue is full the line is
 /// dropped and counted ([`LOG_LINES_DROPPED`]), never waited for. Keep the
@@ -53,12 +45,16 @@ pub fn init(args: &LogArgs) -> Result<LogGuard, String> {
             std::io::stderr(),
         ));
     let dropped = writer.error_counter();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.event_format(JsonLines).try_init(),
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(writer),
+            )
+            .try_init(),
+        LogFormat::Json => registry.with(json_lines::layer(writer)).try_init(),
     };
     result.map_err(|err| format!("cannot install the logger: {err}"))?;
     // Only the installed writer's count is worth reporting.
@@ -88,92 +84,6 @@ pub struct LogGuard {
     _worker: WorkerGuard,
 }
 
-/// 1 to 128 characters from `A-Z a-z 0-9 . _ : -` (API.md).
-fn is_sane_request_id(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    (1..=128).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// A random (v4) UUID from the thread's userspace generator: `Uuid::new_v4`
-/// asks the kernel for every id, a system call per request.
-fn generate_request_id() -> HeaderValue {
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-    let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes())
-        .unwrap_or(HeaderValue::from_static("unknown"))
-}
-
-/// Outermost middleware: settles the request id, opens the request span that
-/// inner layers record into (`route`, `tenant`), and writes one line when the
-/// response is ready. Never logs headers or bodies.
-pub(crate) async fn trace_request(mut request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .filter(|value| is_sane_request_id(value))
-        .cloned()
-        .unwrap_or_else(generate_request_id);
-    request
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, request_id.clone());
-    let method = request.method().clone();
-    let context = RequestContext::new(request_id.clone(), method.clone());
-    let mut response = context.scope(next.run(request)).await;
-    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
-    let status = response.status().as_u16();
-    let elapsed = start.elapsed();
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    // Unmatched paths share one label: raw paths would let clients create
-    // unbounded series.
-    let route = response
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let (requests, duration) = request_series(&method, route, status);
-    requests.increment(1);
-    duration.record(elapsed.as_secs_f64());
-    // Written outside the request's scope: the line carries every field
-    // itself.
-    let tenant = response
-        .extensions()
-        .get::<Arc<KeyIdentity>>()
-        .map(|key| key.tenant.as_str());
-    let request_id = response
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or_default();
-    let method = method.as_str();
-    if let Some(ErrorCause(cause)) = response.extensions().get::<ErrorCause>() {
-        tracing::error!(
-            parent: None, request_id, method, route, tenant, status, latency_ms,
-            error.cause = %cause, "request failed"
-        );
-    } else {
-        tracing::info!(parent: None, request_id, method, route, tenant, status, latency_ms, "request");
-    }
-    response
-}
-
-/// Route-level middleware: records the matched route template (never the raw
-/// path, which holds ids) in the request span, and hands it to
-/// `trace_request` for the metrics labels.
-pub(crate) async fn record_route(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    if let Some(route) = &route {
-        RequestContext::record_route(route);
-    }
-    let mut response = next.run(request).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(route);
-    }
-    response
-}
-
 /// Requests served, by `method`, `route` (template) and `status`.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 /// Time to the response head, in seconds, by `method`, `route` and `status`.
@@ -198,59 +108,6 @@ pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
 /// The most connections each database pool may open, by `pool`.
 pub const DB_POOL_MAX_CONNECTIONS: &str = "db_pool_max_connections";
-
-/// The `method` label of requests with an unusual method.
-static OTHER_METHOD: std::sync::LazyLock<Method> =
-    std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or(Method::GET));
-
-/// The request count and latency series of one (method, route, status),
-/// registered once and then reused: building labelled keys costs several
-/// allocations and a registry lookup per request.
-fn request_series(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
-    type Series = HashMap<Box<str>, Vec<(Method, u16, Counter, Histogram)>>;
-    static SERIES: OnceLock<RwLock<Series>> = OnceLock::new();
-    // Methods are the client's choice: unusual ones share one label.
-    let method = match *method {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::DELETE
-        | Method::PATCH
-        | Method::HEAD
-        | Method::OPTIONS => method,
-        _ => &OTHER_METHOD,
-    };
-    let series = SERIES.get_or_init(RwLock::default);
-    let find = |series: &Series| {
-        series.get(route).and_then(|of_route| {
-            of_route
-                .iter()
-                .find(|(m, s, _, _)| m == method && *s == status)
-                .map(|(_, _, count, latency)| (count.clone(), latency.clone()))
-        })
-    };
-    if let Some(found) = find(&series.read().unwrap_or_else(PoisonError::into_inner)) {
-        return found;
-    }
-    let mut series = series.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(found) = find(&series) {
-        return found;
-    }
-    let labels = [
-        ("method", method.as_str().to_owned()),
-        ("route", route.to_owned()),
-        ("status", status.to_string()),
-    ];
-    let count = metrics::counter!(HTTP_REQUESTS, &labels);
-    let latency = metrics::histogram!(HTTP_REQUEST_DURATION, &labels);
-    series.entry(route.into()).or_default().push((
-        method.clone(),
-        status,
-        count.clone(),
-        latency.clone(),
-    ));
-    (count, latency)
-}
 
 /// How often histogram samples are folded into their buckets (by the
 /// application's `metrics-upkeep` worker, and at every scrape).

@@ -25,7 +25,7 @@ use super::on_response::{OnResponse, Then};
 use super::{AppError, AppState};
 use crate::auth::{self, AuthError, Caller, KeyIdentity, Principal, Requirement};
 use crate::feedback::{EndUserId, FieldError};
-use crate::telemetry::{AUTH_FAILURES, RequestContext};
+use crate::telemetry::AUTH_FAILURES;
 
 /// Outer API layer: authenticates every request before anything else about
 /// it is looked at (API.md: nothing is revealed before authentication).
@@ -120,7 +120,7 @@ fn admit(
 ) -> Result<Arc<KeyIdentity>, AppError> {
     let principal = outcome?;
     let key = Arc::clone(principal.key());
-    RequestContext::record_tenant(&key);
+    tracing::Span::current().record("tenant", key.tenant.as_str());
     if let Some(limiter) = &state.rate_limiter {
         limiter.check(&key.key_id)?;
     }

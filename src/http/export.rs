@@ -10,6 +10,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
 use super::extract::{KindParam, QueryParams};
 use super::feedback::format_timestamp;
@@ -144,8 +145,11 @@ pub(crate) async fn export_feedback(
         kind.as_str(),
         chrono::Utc::now().format("%Y-%m-%d")
     );
-    let mut response =
-        Body::from_stream(stream::try_unfold(rows, ExportRows::next_chunk)).into_response();
+    // The body is read after this handler returned, outside the request's
+    // span: each chunk runs in it again, so its errors carry the request id.
+    let span = tracing::Span::current();
+    let chunks = stream::try_unfold(rows, move |rows| rows.next_chunk().instrument(span.clone()));
+    let mut response = Body::from_stream(chunks).into_response();
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,

@@ -16,6 +16,7 @@ mod on_response;
 mod openapi;
 mod ops;
 mod serve;
+mod trace;
 
 use std::sync::Arc;
 
@@ -41,7 +42,6 @@ pub use serve::{ConnectionSettings, serve};
 use crate::auth::{Authenticator, Requirement};
 use crate::config::CorsOrigin;
 use crate::store::Store;
-use crate::telemetry;
 use crate::worker::WorkerHealth;
 
 /// Bodies up to this many bytes are read; larger ones are 413.
@@ -199,7 +199,7 @@ pub fn router(
     // body was read.
     let (api, _) = api_routes().split_for_parts();
     let api = api
-        .route_layer(middleware::from_fn(telemetry::record_route))
+        .route_layer(middleware::from_fn(trace::record_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -211,7 +211,7 @@ pub fn router(
         );
     let (operational, _) = operational_routes().split_for_parts();
     let operational = operational
-        .route_layer(middleware::from_fn(telemetry::record_route))
+        .route_layer(middleware::from_fn(trace::record_route))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(limits::DeadlineLayer(limits));
     // `nest` routes `/api/v1` and `/api/v1/...` to the API router, but not
@@ -232,7 +232,7 @@ pub fn router(
     layered
         // A panic in a handler still gets the 500 envelope, and its log line.
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(telemetry::trace_request))
+        .layer(middleware::from_fn(trace::trace_request))
         .with_state(state)
 }
 

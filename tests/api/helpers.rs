@@ -1,7 +1,7 @@
 //! `spawn_app`: the production `Application` on a fresh database, and a client.
 
 use std::sync::{Arc, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -14,8 +14,8 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use sqlx::Connection;
 use sqlx::postgres::PgConnection;
+use sqlx::{Connection, SqliteConnection};
 
 /// Which store a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,48 +541,181 @@ impl TestApp {
     /// insertion order, all with one `created_at`/`updated_at`, and a rating
     /// that cycles with `n % 3`: 1 `thumbs_up`, 2 `thumbs_down`, 0 none.
     pub(crate) async fn insert_completions_directly(&self, prefix: &str, count: i64) {
-        match self.backend {
-            Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.database_url)
-                    .await
-                    .expect("connect to the test database");
-                sqlx::query(
-                    "insert into feedback (tenant, kind, output_id, rating, created_at, updated_at)
-                     select 'tenant-a', 'completions', $1 || '-' || g,
-                            case g % 3 when 1 then 'thumbs_up' when 2 then 'thumbs_down' end,
-                            date_trunc('milliseconds', now()), date_trunc('milliseconds', now())
-                     from generate_series(1, $2) g
-                     order by g",
-                )
-                .bind(prefix)
-                .bind(count)
-                .execute(&pool)
+        insert_completions(self.backend, &self.database_url, prefix, count).await;
+    }
+}
+
+/// [`TestApp::insert_completions_directly`] into the database at
+/// `database_url` (that of a server started as a process, for one).
+pub(crate) async fn insert_completions(
+    backend: Backend,
+    database_url: &str,
+    prefix: &str,
+    count: i64,
+) {
+    match backend {
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(database_url)
                 .await
-                .expect("direct insert");
-                pool.close().await;
-            }
-            Backend::Sqlite => {
-                // The SQLite schema keeps timestamps as integer milliseconds.
-                let pool = sqlx::SqlitePool::connect(&self.database_url)
-                    .await
-                    .expect("open the test database");
-                sqlx::query(
-                    "with recursive g(n) as (select 1 union all select n + 1 from g where n < ?2)
-                     insert into feedback (tenant, kind, output_id, rating, created_at, updated_at)
-                     select 'tenant-a', 'completions', ?1 || '-' || n,
-                            case n % 3 when 1 then 'thumbs_up' when 2 then 'thumbs_down' end,
-                            ?3, ?3
-                     from g order by n",
-                )
-                .bind(prefix)
-                .bind(count)
-                .bind(chrono::Utc::now().timestamp_millis())
-                .execute(&pool)
+                .expect("connect to the test database");
+            sqlx::query(
+                "insert into feedback (tenant, kind, output_id, rating, created_at, updated_at)
+                 select 'tenant-a', 'completions', $1 || '-' || g,
+                        case g % 3 when 1 then 'thumbs_up' when 2 then 'thumbs_down' end,
+                        date_trunc('milliseconds', now()), date_trunc('milliseconds', now())
+                 from generate_series(1, $2) g
+                 order by g",
+            )
+            .bind(prefix)
+            .bind(count)
+            .execute(&pool)
+            .await
+            .expect("direct insert");
+            pool.close().await;
+        }
+        Backend::Sqlite => {
+            // The SQLite schema keeps timestamps as integer milliseconds.
+            let pool = sqlx::SqlitePool::connect(database_url)
                 .await
-                .expect("direct insert");
-                pool.close().await;
+                .expect("open the test database");
+            sqlx::query(
+                "with recursive g(n) as (select 1 union all select n + 1 from g where n < ?2)
+                 insert into feedback (tenant, kind, output_id, rating, created_at, updated_at)
+                 select 'tenant-a', 'completions', ?1 || '-' || n,
+                        case n % 3 when 1 then 'thumbs_up' when 2 then 'thumbs_down' end,
+                        ?3, ?3
+                 from g order by n",
+            )
+            .bind(prefix)
+            .bind(count)
+            .bind(chrono::Utc::now().timestamp_millis())
+            .execute(&pool)
+            .await
+            .expect("direct insert");
+            pool.close().await;
+        }
+    }
+}
+
+/// Rows of a `SlowExport`, each with a 1000-character description: some
+/// 10 MB of CSV, far more than a 4 KiB receive window and the server's send
+/// buffer (at most 4 MiB here) hold.
+pub(crate) const SLOW_EXPORT_ROWS: i64 = 10_000;
+
+/// Runs one statement (in the backend's dialect) straight on the database at
+/// `database_url`, on a connection of its own; the rows it affected.
+pub(crate) async fn execute_directly(
+    backend: Backend,
+    database_url: &str,
+    postgres_sql: &str,
+    sqlite_sql: &str,
+) -> Result<u64, sqlx::Error> {
+    match backend {
+        Backend::Postgres => {
+            let mut connection = PgConnection::connect(database_url).await?;
+            let done = sqlx::query(postgres_sql).execute(&mut connection).await?;
+            Ok(done.rows_affected())
+        }
+        Backend::Sqlite => {
+            let mut connection = SqliteConnection::connect(database_url).await?;
+            let done = sqlx::query(sqlite_sql).execute(&mut connection).await?;
+            Ok(done.rows_affected())
+        }
+    }
+}
+
+/// `SLOW_EXPORT_ROWS` completions `bulk-1`... of `tenant-a` with long
+/// descriptions, written straight into the database (through the API it
+/// would take minutes).
+pub(crate) async fn insert_long_completions(backend: Backend, database_url: &str) {
+    insert_completions(backend, database_url, "bulk", SLOW_EXPORT_ROWS).await;
+    let updated = execute_directly(
+        backend,
+        database_url,
+        "update feedback set description = repeat('x', 1000)",
+        "update feedback set description = replace(hex(zeroblob(500)), '0', 'x')",
+    )
+    .await
+    .expect("set long descriptions");
+    assert_eq!(updated, u64::try_from(SLOW_EXPORT_ROWS).expect("positive"));
+}
+
+/// `GET /export/completions` over a socket with a 4 KiB receive buffer,
+/// after its head was read; the body is left unread until `finish`.
+pub(crate) struct SlowExport {
+    stream: tokio::net::TcpStream,
+    pub(crate) head: String,
+}
+
+impl SlowExport {
+    pub(crate) async fn open(app: &TestApp) -> Self {
+        Self::open_at(&app.address, &app.api_key, "").await
+    }
+
+    /// The export of the server at `address` (`http://HOST:PORT`) with `key`,
+    /// and `extra_headers` (`Name: value\r\n` lines).
+    pub(crate) async fn open_at(address: &str, key: &str, extra_headers: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = address.trim_start_matches("http://");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut stream = socket
+            .connect(addr.parse().expect("a socket address"))
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /api/v1/llm/feedback/export/completions HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {key}\r\n{extra_headers}Connection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        let mut head = Vec::new();
+        let mut byte = [0_u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte))
+                .await
+                .expect("no response head within 10 s");
+            read.expect("read the response head");
+            head.push(byte[0]);
+        }
+        Self {
+            stream,
+            head: String::from_utf8(head).expect("an ASCII head"),
+        }
+    }
+
+    pub(crate) fn status(&self) -> &str {
+        self.head.split(' ').nth(1).unwrap_or_default()
+    }
+
+    /// Reads the rest of the body; its size in bytes.
+    pub(crate) async fn finish(self) -> usize {
+        let (body, is_complete) = self.read_rest().await;
+        assert!(is_complete, "the chunked body did not end cleanly");
+        body.len()
+    }
+
+    /// The rest of the body until the server closes the connection, and
+    /// whether it ended with the last chunk (else it was cut off).
+    pub(crate) async fn read_rest(mut self) -> (Vec<u8>, bool) {
+        use tokio::io::AsyncReadExt;
+        let mut body = Vec::new();
+        let mut buffer = vec![0_u8; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = tokio::time::timeout(left, self.stream.read(&mut buffer))
+                .await
+                .expect("the export did not end within 30 s");
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buffer[..n]),
             }
         }
+        let is_complete = body.ends_with(b"0\r\n\r\n");
+        (body, is_complete)
     }
 }
 

@@ -9,7 +9,10 @@ use reqwest::header::{CONNECTION, CONTENT_TYPE};
 use serde_json::json;
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
-use crate::helpers::{Backend, Reply, TestApp, assert_error, spawn_app_with};
+use crate::helpers::{
+    Backend, Reply, SLOW_EXPORT_ROWS, SlowExport, TestApp, assert_error, insert_long_completions,
+    spawn_app_with,
+};
 
 /// Like `both_stores!`, on apps whose settings `$configure` adjusts.
 macro_rules! both_stores_with {
@@ -610,115 +613,6 @@ async fn a_body_of_65537_bytes_is_413_payload_too_large(app: TestApp) {
     assert_eq!(stored.status, 404, "{}", stored.text);
 }
 
-/// Rows of the exports below, each with a 1000-character description: some
-/// 10 MB of CSV, far more than a 4 KiB receive window and the server's send
-/// buffer (at most 4 MiB here) hold.
-const SLOW_EXPORT_ROWS: i64 = 10_000;
-
-/// `SLOW_EXPORT_ROWS` completions `bulk-1`... with long descriptions,
-/// written straight into the database (through the API it would take
-/// minutes).
-async fn insert_long_completions(app: &TestApp) {
-    app.insert_completions_directly("bulk", SLOW_EXPORT_ROWS)
-        .await;
-    let result = match app.backend {
-        Backend::Postgres => {
-            let mut connection = PgConnection::connect(&app.database_url)
-                .await
-                .expect("connect to the test database");
-            sqlx::query("update feedback set description = repeat('x', 1000)")
-                .execute(&mut connection)
-                .await
-                .map(|done| done.rows_affected())
-        }
-        Backend::Sqlite => {
-            let mut connection = SqliteConnection::connect(&app.database_url)
-                .await
-                .expect("open the test database");
-            sqlx::query("update feedback set description = replace(hex(zeroblob(500)), '0', 'x')")
-                .execute(&mut connection)
-                .await
-                .map(|done| done.rows_affected())
-        }
-    };
-    let updated = result.expect("set long descriptions");
-    assert_eq!(updated, u64::try_from(SLOW_EXPORT_ROWS).expect("positive"));
-}
-
-/// `GET /export/completions` over a socket with a 4 KiB receive buffer,
-/// after its head was read; the body is left unread until `finish`.
-struct SlowExport {
-    stream: tokio::net::TcpStream,
-    head: String,
-}
-
-impl SlowExport {
-    async fn open(app: &TestApp) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = app.address.trim_start_matches("http://");
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        let mut stream = socket
-            .connect(addr.parse().expect("a socket address"))
-            .await
-            .expect("connect");
-        let request = format!(
-            "GET /api/v1/llm/feedback/export/completions HTTP/1.1\r\nHost: {addr}\r\n\
-             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            app.api_key
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("send the request");
-        let mut head = Vec::new();
-        let mut byte = [0_u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            let read = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte))
-                .await
-                .expect("no response head within 10 s");
-            read.expect("read the response head");
-            head.push(byte[0]);
-        }
-        Self {
-            stream,
-            head: String::from_utf8(head).expect("an ASCII head"),
-        }
-    }
-
-    fn status(&self) -> &str {
-        self.head.split(' ').nth(1).unwrap_or_default()
-    }
-
-    /// Reads the rest of the body; its size in bytes.
-    async fn finish(self) -> usize {
-        let (body, is_complete) = self.read_rest().await;
-        assert!(is_complete, "the chunked body did not end cleanly");
-        body.len()
-    }
-
-    /// The rest of the body until the server closes the connection, and
-    /// whether it ended with the last chunk (else it was cut off).
-    async fn read_rest(mut self) -> (Vec<u8>, bool) {
-        use tokio::io::AsyncReadExt;
-        let mut body = Vec::new();
-        let mut buffer = vec![0_u8; 64 * 1024];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let read = tokio::time::timeout(left, self.stream.read(&mut buffer))
-                .await
-                .expect("the export did not end within 30 s");
-            match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&buffer[..n]),
-            }
-        }
-        let is_complete = body.ends_with(b"0\r\n\r\n");
-        (body, is_complete)
-    }
-}
-
 /// Polls `GET /completions/bulk-1` until it is answered 200 (the slot
 /// freed), for at most 5 s.
 async fn wait_until_served(app: &TestApp) {
@@ -739,7 +633,7 @@ async fn wait_until_served(app: &TestApp) {
 }
 
 async fn an_export_read_slowly_holds_its_in_flight_slot_until_its_last_byte(app: TestApp) {
-    insert_long_completions(&app).await;
+    insert_long_completions(app.backend, &app.database_url).await;
 
     let export = SlowExport::open(&app).await;
     assert_eq!(export.status(), "200", "{}", export.head);
@@ -759,7 +653,7 @@ async fn an_export_read_slowly_holds_its_in_flight_slot_until_its_last_byte(app:
 }
 
 async fn a_fifth_export_is_503_unavailable_while_four_stream(app: TestApp) {
-    insert_long_completions(&app).await;
+    insert_long_completions(app.backend, &app.database_url).await;
     let mut open = Vec::new();
     for _ in 0..4 {
         let export = SlowExport::open(&app).await;
@@ -797,7 +691,7 @@ async fn a_fifth_export_is_503_unavailable_while_four_stream(app: TestApp) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_chunk_query_past_the_request_timeout_ends_the_body_early() {
     let app = spawn_app_with(Backend::Postgres, |serve| serve.request_timeout_ms = 1000).await;
-    insert_long_completions(&app).await;
+    insert_long_completions(app.backend, &app.database_url).await;
     let export = SlowExport::open(&app).await;
     assert_eq!(export.status(), "200", "{}", export.head);
     // While the body waits for the client, the next chunk queries are made

@@ -1,6 +1,7 @@
 //! The request log of the real binary: one line per request with its id,
 //! route template, tenant, status and latency; never a key or a body; the
-//! format and filter settings.
+//! request's fields on every event inside it, also on the export's errors
+//! logged after its handler returned; the format and filter settings.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,9 @@ use serde_json::{Value, json};
 
 use crate::binary::{Server, free_port};
 use crate::cli::llm_feedback_on;
-use crate::helpers::{Reply, TestDatabase};
+use crate::helpers::{
+    Backend, Reply, SlowExport, TestDatabase, execute_directly, insert_long_completions,
+};
 
 /// How long a server may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -85,6 +88,39 @@ async fn wait_until_healthy(server: &mut Server, base: &str) {
     }
 }
 
+/// Serves on `database_url` with a bootstrap key `secret` of `tenant` and
+/// these log settings, until `/healthz` answers; the server and its base URL.
+async fn serve(
+    database_url: &str,
+    (tenant, secret): (&str, &str),
+    log_format: &str,
+    rust_log: &str,
+) -> (Server, String) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut command = llm_feedback_on(database_url);
+    command.args(["serve"]).envs([
+        ("LISTEN_ADDR", format!("127.0.0.1:{port}").as_str()),
+        ("BOOTSTRAP_API_KEY", secret),
+        ("BOOTSTRAP_TENANT", tenant),
+        ("DATABASE_MAX_CONNECTIONS", "3"),
+        ("LOG_FORMAT", log_format),
+        ("RUST_LOG", rust_log),
+    ]);
+    let mut server = Server::start(command);
+    wait_until_healthy(&mut server, &base).await;
+    (server, base)
+}
+
+/// A fresh bootstrap key.
+fn new_secret() -> String {
+    format!(
+        "lfk_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// Serves on `database_url` with these log settings, creates one entry with
 /// `x-request-id: {request_id}` and a description holding a unique marker,
 /// reads it back, stops the server with SIGTERM and returns what it logged.
@@ -94,25 +130,9 @@ async fn serve_create_and_stop(
     rust_log: &str,
     request_id: &str,
 ) -> Run {
-    let secret = format!(
-        "lfk_{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let secret = new_secret();
     let marker = format!("marker-{}", uuid::Uuid::new_v4().simple());
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut command = llm_feedback_on(database_url);
-    command.args(["serve"]).envs([
-        ("LISTEN_ADDR", format!("127.0.0.1:{port}").as_str()),
-        ("BOOTSTRAP_API_KEY", secret.as_str()),
-        ("BOOTSTRAP_TENANT", TENANT),
-        ("DATABASE_MAX_CONNECTIONS", "3"),
-        ("LOG_FORMAT", log_format),
-        ("RUST_LOG", rust_log),
-    ]);
-    let mut server = Server::start(command);
-    wait_until_healthy(&mut server, &base).await;
+    let (mut server, base) = serve(database_url, (TENANT, &secret), log_format, rust_log).await;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -279,6 +299,114 @@ async fn rust_log_warn_leaves_out_the_per_request_info_lines() {
         );
         assert_ne!(event["message"], "request", "{event}");
     }
+}
+
+/// The tenant of the entries `insert_long_completions` writes.
+const EXPORT_TENANT: &str = "tenant-a";
+/// The route template of exports.
+const EXPORT_ROUTE: &str = "/api/v1/llm/feedback/export/{kind}";
+
+/// Serves on `database_url`, opens an export of `SLOW_EXPORT_ROWS` long rows
+/// with `x-request-id: {request_id}` read by a slow client, renames the table
+/// away once the head has arrived (the handler has returned; the body is
+/// still being queried chunk by chunk), reads what is left, stops the server
+/// and returns its stderr lines.
+async fn export_failing_mid_stream(
+    backend: Backend,
+    database_url: &str,
+    log_format: &str,
+    request_id: &str,
+) -> Vec<String> {
+    let secret = new_secret();
+    let (mut server, base) =
+        serve(database_url, (EXPORT_TENANT, &secret), log_format, "info").await;
+    insert_long_completions(backend, database_url).await;
+
+    let export =
+        SlowExport::open_at(&base, &secret, &format!("x-request-id: {request_id}\r\n")).await;
+    assert_eq!(export.status(), "200", "{}", export.head);
+    // The next chunk query fails: no such table.
+    let rename = "alter table feedback rename to feedback_gone";
+    execute_directly(backend, database_url, rename, rename)
+        .await
+        .expect("rename the feedback table");
+    let (body, is_complete) = export.read_rest().await;
+
+    assert!(
+        !is_complete,
+        "the export ended cleanly ({} bytes) without its table",
+        body.len()
+    );
+    server.signal("TERM");
+    let status = server.wait_for_exit(STOP_TIMEOUT).await;
+    assert_eq!(status.code(), Some(0), "{}", server.seen.join("\n"));
+    server.seen.clone()
+}
+
+/// The export's error, logged after its handler returned, carries the
+/// request's fields like every event inside the request.
+async fn an_export_error_after_the_head_names_its_request(backend: Backend, database_url: &str) {
+    let lines = export_failing_mid_stream(backend, database_url, "json", "export-req-1").await;
+
+    let stderr = lines.join("\n");
+    let errors: Vec<Value> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| {
+            event["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("export stopped"))
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "export errors:\n{stderr}");
+    let error = &errors[0];
+    assert_eq!(error["level"], "ERROR", "{error}");
+    assert_eq!(error["request_id"], "export-req-1", "{error}");
+    assert_eq!(error["method"], "GET", "{error}");
+    assert_eq!(error["route"], EXPORT_ROUTE, "{error}");
+    assert_eq!(error["tenant"], EXPORT_TENANT, "{error}");
+}
+
+#[tokio::test]
+async fn an_export_error_after_the_head_names_its_request_on_postgres() {
+    let database = TestDatabase::create().await;
+    an_export_error_after_the_head_names_its_request(Backend::Postgres, &database.url).await;
+}
+
+#[tokio::test]
+async fn an_export_error_after_the_head_names_its_request_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("feedback.db").display());
+    an_export_error_after_the_head_names_its_request(Backend::Sqlite, &url).await;
+}
+
+/// In the pretty format too, events inside a request name it: the span's
+/// fields lead the line.
+#[tokio::test]
+async fn pretty_lines_inside_a_request_show_its_fields() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("feedback.db").display());
+
+    let lines = export_failing_mid_stream(Backend::Sqlite, &url, "pretty", "export-req-2").await;
+
+    let stderr = lines.join("\n");
+    let error = lines
+        .iter()
+        .find(|line| line.contains("export stopped"))
+        .unwrap_or_else(|| panic!("no export error:\n{stderr}"));
+    for field in [
+        "request_id=\"export-req-2\"".to_owned(),
+        "method=\"GET\"".to_owned(),
+        format!("route=\"{EXPORT_ROUTE}\""),
+        format!("tenant=\"{EXPORT_TENANT}\""),
+    ] {
+        assert!(error.contains(&field), "{field} missing from: {error}");
+    }
+    let request_line = lines
+        .iter()
+        .find(|line| line.contains("export-req-2") && line.contains("status=200"))
+        .unwrap_or_else(|| panic!("no request line:\n{stderr}"));
+    assert!(request_line.contains("latency_ms="), "{request_line}");
 }
 
 /// A server whose stderr is a pipe nobody reads: once the pipe's 64 KiB are
