@@ -10,6 +10,7 @@ mod list;
 mod openapi;
 mod ops;
 mod serve;
+mod widget;
 
 use std::sync::Arc;
 
@@ -102,6 +103,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
+        .routes(routes!(widget::widget_js))
 }
 
 /// The OpenAPI document of every route, as served.

@@ -67,4 +67,5 @@ mod scoping;
 mod shutdown;
 mod timestamps;
 mod update;
+mod widget;
 mod workers;
