@@ -28,11 +28,11 @@ const CSS = `
 [hidden]{display:none!important}
 .row{display:flex;gap:var(--llm-feedback-gap,6px);align-items:center;flex-wrap:wrap}
 button{font:inherit;color:inherit;background:var(--llm-feedback-background,#fff);border:1px solid var(--llm-feedback-border-color,#6e7781);border-radius:var(--llm-feedback-radius,6px);padding:4px 10px;min-height:32px;cursor:pointer}
-button.thumb{display:inline-flex;align-items:center;justify-content:center;width:36px;padding:0}
+button.thumb{display:inline-flex;align-items:center;justify-content:center;min-width:36px;padding:0}
 button[aria-pressed=true]{background:var(--llm-feedback-accent,#0b57d0);border-color:var(--llm-feedback-accent,#0b57d0);color:var(--llm-feedback-accent-color,#fff)}
 button:disabled{cursor:not-allowed;opacity:.6}
 button:focus-visible,textarea:focus-visible{outline:2px solid var(--llm-feedback-focus,#0b57d0);outline-offset:2px}
-svg{width:18px;height:18px;fill:none;stroke:currentColor;stroke-width:2;stroke-linecap:round;stroke-linejoin:round}
+svg{flex:none;width:18px;height:18px;fill:none;stroke:currentColor;stroke-width:2;stroke-linecap:round;stroke-linejoin:round}
 .down svg{transform:rotate(180deg)}
 .comment{display:flex;flex-direction:column;gap:4px;margin-top:var(--llm-feedback-gap,6px)}
 textarea{font:inherit;color:inherit;background:var(--llm-feedback-background,#fff);border:1px solid var(--llm-feedback-border-color,#6e7781);border-radius:var(--llm-feedback-radius,6px);padding:6px;min-width:16em;min-height:4em;box-sizing:border-box}
@@ -213,14 +213,15 @@ class LlmFeedback extends HTMLElement {
 
   // Shows a failure; a 401 also asks the page for a new token.
   _fail(status, what) {
-    if (status === 401) {
-      this._expired = true;
-      this._fire("llm-feedback-token-expired", { kind: this.getAttribute("kind"), id: this.getAttribute("output-id") });
-    }
     const why =
       status === 401 ? "your session expired" : status === 0 ? "the service could not be reached" : status === 429 ? "too many requests" : status >= 500 ? "the service is unavailable" : `error ${status}`;
     this._errorText.textContent = `Could not ${what}: ${why}.`;
     this._error.hidden = false;
+    if (status === 401) {
+      // The page may answer by setting a new token, at once or later.
+      this._expired = true;
+      this._fire("llm-feedback-token-expired", { kind: this.getAttribute("kind"), id: this.getAttribute("output-id") });
+    }
   }
 
   _accept(entry) {
@@ -260,7 +261,7 @@ class LlmFeedback extends HTMLElement {
     this._pending = change;
     this._error.hidden = true;
     this._render();
-    this._chain = this._chain.then(() => this._save(change));
+    this._chain = this._chain.then(() => this._save(change)).catch(() => {});
   }
 
   async _save(change) {
@@ -286,6 +287,7 @@ class LlmFeedback extends HTMLElement {
         this._shown = this._saved.rating;
       }
       this._status.textContent = "Saved";
+      this._error.hidden = true;
       this._render();
       this._fire("llm-feedback-change", {
         kind: this.getAttribute("kind"),
