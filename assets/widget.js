@@ -261,7 +261,9 @@ class LlmFeedback extends HTMLElement {
     this._pending = change;
     this._error.hidden = true;
     this._render();
-    this._chain = this._chain.then(() => this._save(change)).catch(() => {});
+    // Dropped if the element shows another output by the time its turn comes.
+    const key = this._key;
+    this._chain = this._chain.then(() => key === this._key && this._save(change)).catch(() => {});
   }
 
   async _save(change) {
