@@ -17,6 +17,7 @@ mod openapi;
 mod ops;
 mod serve;
 mod trace;
+mod widget;
 
 use std::sync::Arc;
 
@@ -134,7 +135,8 @@ fn operational_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
-        .routes(routes!(ops::openapi_json));
+        .routes(routes!(ops::openapi_json))
+        .routes(routes!(widget::widget_js));
     described(routes, Surface::Operational)
 }
 

@@ -69,4 +69,5 @@ mod shutdown;
 mod store_keys;
 mod timestamps;
 mod update;
+mod widget;
 mod workers;
