@@ -80,6 +80,7 @@ macro_rules! for_every_backend {
             for<'r> ApiKeyRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> (String,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String, String, String):
                 sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
         $methods
@@ -272,6 +273,22 @@ for_every_backend! {
                 }
             })?;
             Ok(outcome)
+        }
+
+        async fn find_api_key_by_id(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+            let query = sqlx::query_as::<_, ApiKeyRow>(sql::FIND_API_KEY_BY_ID).bind(id);
+            let row = run!(self.readers(), |conn| query.fetch_optional(conn))?;
+            row.map(ApiKeyRecord::try_from).transpose()
+        }
+
+        async fn token_signing_secret(&self, candidate: &str) -> StoreResult<String> {
+            // Insert-if-absent, then read: both on the writer, so the read
+            // sees the row whichever replica's insert won.
+            let write = sqlx::query(sql::INSERT_TOKEN_SIGNING_SECRET).bind(candidate);
+            run!(self.writer(), |conn| write.execute(conn))?;
+            let query = sqlx::query_as::<_, (String,)>(sql::TOKEN_SIGNING_SECRET);
+            let (secret,) = run!(self.writer(), |conn| query.fetch_one(conn))?;
+            Ok(secret)
         }
     }
 

@@ -331,6 +331,14 @@ pub trait KeyStore: Send + Sync {
 
     /// Revokes the key with that id.
     async fn revoke_api_key(&self, id: &str) -> StoreResult<Revocation>;
+
+    /// Key `id` (its public id), revoked or not.
+    async fn find_api_key_by_id(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    /// The secret that signs feedback tokens: the stored one, or `candidate`
+    /// once stored, when there was none. Concurrent first calls (replicas
+    /// starting together) all get the one that was stored first.
+    async fn token_signing_secret(&self, candidate: &str) -> StoreResult<String>;
 }
 
 /// Which database, as the store needs it.

@@ -48,6 +48,16 @@ pub(super) const LIST_API_KEYS: &str = "select id, tenant, name, prefix, created
      order by created_at, id";
 /// Whether key `$1` exists (after `REVOKE_API_KEY` changed nothing).
 pub(super) const API_KEY_EXISTS: &str = "select count(*) from api_keys where id = $1";
+/// Key `$1`, by its public id (a feedback token names its minting key so).
+pub(super) const FIND_API_KEY_BY_ID: &str =
+    "select id, tenant, name, prefix, created_at, revoked_at
+     from api_keys where id = $1";
+/// Stores `$1` as the token signing secret unless one is there: of replicas
+/// starting at once, the first insert wins and the others change nothing.
+pub(super) const INSERT_TOKEN_SIGNING_SECRET: &str =
+    "insert into token_signing_key (id, secret) values (1, $1) on conflict (id) do nothing";
+/// The token signing secret.
+pub(super) const TOKEN_SIGNING_SECRET: &str = "select secret from token_signing_key where id = 1";
 pub(super) const PING: &str = "select 1";
 
 /// A shared statement about one entry, with the scope and key bound as
