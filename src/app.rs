@@ -26,6 +26,9 @@ pub enum StartupError {
     /// A setting is invalid.
     #[error("{0}")]
     Config(String),
+    /// The feedback token signing secret could not be loaded or stored.
+    #[error("cannot load the feedback token signing secret: {0}")]
+    TokenSecret(#[source] store::StoreError),
     /// Provisioning a key failed.
     #[error("cannot provision the bootstrap API key: {0}")]
     Bootstrap(#[source] store::StoreError),
@@ -50,6 +53,8 @@ pub struct Application {
     store: Arc<dyn Store>,
     serve: ServeArgs,
     workers: Workers,
+    /// Signs feedback tokens, with the secret the store holds.
+    tokens: auth::token::TokenSigner,
 }
 
 impl Application {
@@ -59,6 +64,10 @@ impl Application {
         telemetry::metrics_handle();
         let store = store::connect(&database.store_options()).await?;
         let first_run_key = bootstrap_keys(store.as_ref(), &serve, &database.database_url).await?;
+        // Loaded once: tokens are then verified without the database.
+        let tokens = auth::token::TokenSigner::load(store.as_ref())
+            .await
+            .map_err(StartupError::TokenSecret)?;
         let listener = TcpListener::bind(serve.listen_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -74,6 +83,7 @@ impl Application {
             store,
             serve,
             workers: Workers::new(Backoff::default()),
+            tokens,
         })
     }
 
@@ -124,13 +134,18 @@ impl Application {
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
         };
-        let authenticator = auth::Authenticator::new(Arc::clone(&self.store));
+        let token_rate_limiter = NonZeroU32::new(self.serve.token_rate_limit_per_minute)
+            .map(|per_minute| Arc::new(KeyRateLimiter::per_minute(per_minute)));
+        let authenticator = auth::Authenticator::new(Arc::clone(&self.store), self.tokens.clone());
         start_workers(&mut self.workers, &authenticator);
         let router = http::router(
             Arc::clone(&self.store),
             authenticator,
             self.workers.health(),
-            rate_limiter,
+            http::RateLimiters {
+                keys: rate_limiter,
+                tokens: token_rate_limiter,
+            },
             self.serve.export_max_rows,
             &settings,
         );

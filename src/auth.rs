@@ -6,12 +6,16 @@
 //! No HTTP here: `http::authn` reads the headers and maps [`AuthError`] to the
 //! error envelope. A new kind of credential is a new [`Principal`] variant,
 //! verified here; the compiler then asks for its row in [`authorize`].
+//! Feedback tokens (`lft_…`, signed, see [`token`]) are the second kind.
+
+pub mod token;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 use rand::Rng;
@@ -19,7 +23,8 @@ use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::feedback::{EndUserId, Scope, TenantId};
+use self::token::{TokenClaims, TokenSigner};
+use crate::feedback::{EndUserId, FeedbackKey, Scope, TenantId};
 use crate::store::{NewApiKey, Store, StoreError};
 use crate::telemetry::{AUTH_FAILURES, KEY_LOOKUPS};
 
@@ -130,6 +135,8 @@ pub struct Authenticator {
 
 struct Verifier {
     store: Arc<dyn Store>,
+    /// Verifies feedback tokens (and mints them).
+    tokens: TokenSigner,
     keys: RwLock<KeySet>,
     /// Outcomes of lookups of keys missing from the set; concurrent lookups
     /// of one key share a single query.
@@ -139,10 +146,26 @@ struct Verifier {
     slots: Semaphore,
 }
 
-/// The active keys by hash, as of one query.
+impl Verifier {
+    /// The key that `find` picks from the key set, if the set is fresh; and
+    /// whether it is.
+    fn known(
+        &self,
+        find: impl FnOnce(&KeySet) -> Option<&Arc<KeyIdentity>>,
+    ) -> (Option<Arc<KeyIdentity>>, bool) {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        let fresh = keys.is_fresh();
+        let known = find(&keys).filter(|_| fresh).map(Arc::clone);
+        (known, fresh)
+    }
+}
+
+/// The active keys by hash (for API keys) and by id (for the feedback
+/// tokens they minted), as of one query.
 #[derive(Default)]
 struct KeySet {
     by_hash: HashMap<String, Arc<KeyIdentity>>,
+    by_id: HashMap<String, Arc<KeyIdentity>>,
     /// When the query that loaded it began; `None` until the first load.
     loaded_at: Option<Instant>,
 }
@@ -155,12 +178,40 @@ impl KeySet {
 }
 
 /// A secret shaped like a key that the key set does not hold (or the set is
-/// stale): the store must be asked ([`Authenticator::look_up`]).
+/// stale), or an authentic token whose minting key it does not hold: the
+/// store must be asked ([`Authenticator::look_up`]).
 #[derive(Debug)]
 pub struct Lookup {
-    hash: String,
+    of: LookupOf,
     /// Whether the set was fresh: if so, a lookup over budget is refused.
     fresh: bool,
+}
+
+/// What a [`Lookup`] looks for.
+#[derive(Debug)]
+enum LookupOf {
+    /// An API key, by the hash of its secret.
+    Key { hash: String },
+    /// The minting key of a token (created since the last load, or revoked).
+    TokenKey(Box<(TokenClaims, String)>),
+}
+
+/// The principal of an authentic, unexpired token whose minting key is
+/// `identity`, or `Unauthorized` (counted) if that key is not active.
+fn token_principal(
+    identity: Option<Arc<KeyIdentity>>,
+    claims: TokenClaims,
+    rate_key: String,
+) -> Result<Principal, AuthError> {
+    let Some(key) = identity.filter(|key| key.tenant == claims.tenant) else {
+        metrics::counter!(AUTH_FAILURES, "reason" => "token_key_revoked").increment(1);
+        return Err(AuthError::Unauthorized);
+    };
+    Ok(Principal::FeedbackToken(Arc::new(TokenGrant {
+        key,
+        claims,
+        rate_key,
+    })))
 }
 
 /// The principal of a verified key, or `Unauthorized` (counted).
@@ -181,13 +232,15 @@ enum LookupError {
 }
 
 impl Authenticator {
-    /// An authenticator over `store`. Its key set stays empty (every key is
-    /// looked up one by one) until [`Self::reload_key_set`] runs: the
-    /// application starts that as a background worker.
+    /// An authenticator over `store`, verifying feedback tokens with
+    /// `tokens`. Its key set stays empty (every key is looked up one by one)
+    /// until [`Self::reload_key_set`] runs: the application starts that as a
+    /// background worker.
     #[must_use]
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, tokens: TokenSigner) -> Self {
         let shared = Arc::new(Verifier {
             store,
+            tokens,
             keys: RwLock::new(KeySet::default()),
             lookups: Cache::builder()
                 .max_capacity(LOOKUP_CACHE_CAPACITY)
@@ -211,20 +264,53 @@ impl Authenticator {
     /// a key (`Unauthorized`). Any other secret is a [`Lookup`] for
     /// [`Self::look_up`].
     pub fn authenticate(&self, secret: &str) -> Result<Result<Principal, AuthError>, Lookup> {
+        if token::is_token(secret) {
+            return self.authenticate_token(secret);
+        }
         if check_secret(secret).is_err() {
             return Ok(principal(None));
         }
         let hash = hash_secret(secret);
-        let keys = self
-            .shared
-            .keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let fresh = keys.is_fresh();
-        if let Some(identity) = keys.by_hash.get(&hash).filter(|_| fresh) {
-            return Ok(principal(Some(Arc::clone(identity))));
+        let (known, fresh) = self.shared.known(|keys| keys.by_hash.get(&hash));
+        if known.is_some() {
+            return Ok(principal(known));
         }
-        Err(Lookup { hash, fresh })
+        Err(Lookup {
+            of: LookupOf::Key { hash },
+            fresh,
+        })
+    }
+
+    /// [`Self::authenticate`] for a token: its MAC and expiry, then its
+    /// minting key in the key set. No I/O unless that key is missing from
+    /// the set (a [`Lookup`]).
+    fn authenticate_token(&self, secret: &str) -> Result<Result<Principal, AuthError>, Lookup> {
+        let claims = match self.shared.tokens.verify(secret, Utc::now()) {
+            Ok(claims) => claims,
+            Err(err) => {
+                metrics::counter!(AUTH_FAILURES, "reason" => err.reason()).increment(1);
+                return Ok(Err(AuthError::Unauthorized));
+            }
+        };
+        // The MAC tells tokens apart: what the per-token rate limit counts.
+        let rate_key = secret
+            .rsplit_once('.')
+            .map(|(_, mac)| mac.to_owned())
+            .unwrap_or_default();
+        let (known, fresh) = self.shared.known(|keys| keys.by_id.get(&claims.key_id));
+        if known.is_some() {
+            return Ok(token_principal(known, claims, rate_key));
+        }
+        Err(Lookup {
+            of: LookupOf::TokenKey(Box::new((claims, rate_key))),
+            fresh,
+        })
+    }
+
+    /// Mints feedback tokens (`POST /tokens`).
+    #[must_use]
+    pub fn tokens(&self) -> &TokenSigner {
+        &self.shared.tokens
     }
 
     /// The principal behind a key missing from the set, looked up in the
@@ -232,18 +318,30 @@ impl Authenticator {
     /// (`Unauthorized`) while the set is fresh, and `Unavailable` otherwise
     /// (the database has not answered for a while: we cannot tell).
     pub async fn look_up(&self, lookup: Lookup) -> Result<Principal, AuthError> {
-        principal(self.find(lookup).await?)
+        let Lookup { of, fresh } = lookup;
+        match of {
+            LookupOf::Key { hash } => principal(self.find(KeyRef::Hash(hash), fresh).await?),
+            LookupOf::TokenKey(token) => {
+                let (claims, rate_key) = *token;
+                let key_id = KeyRef::Id(claims.key_id.clone());
+                token_principal(self.find(key_id, fresh).await?, claims, rate_key)
+            }
+        }
     }
 
     /// The identity of a key missing from the set (`None`: unknown or
     /// revoked), within the lookup budget.
-    async fn find(&self, lookup: Lookup) -> Result<Option<Arc<KeyIdentity>>, AuthError> {
-        let Lookup { hash, fresh } = lookup;
+    async fn find(&self, key: KeyRef, fresh: bool) -> Result<Option<Arc<KeyIdentity>>, AuthError> {
         let shared = &self.shared;
+        // Hashes are hex, ids start with `key_`: one cache holds both.
+        let cache_key = match &key {
+            KeyRef::Hash(hash) => hash.clone(),
+            KeyRef::Id(id) => format!("id:{id}"),
+        };
         // Errors are not cached: the next request asks again.
         let outcome = shared
             .lookups
-            .try_get_with(hash.clone(), async {
+            .try_get_with(cache_key, async {
                 // A slot first, so that a lookup refused for want of one
                 // spends no token.
                 let Ok(_slot) = shared.slots.try_acquire() else {
@@ -252,7 +350,13 @@ impl Authenticator {
                 if shared.budget.check().is_err() {
                     return Err(LookupError::OverBudget);
                 }
-                let record = tokio::time::timeout(LOOKUP_TIMEOUT, shared.store.find_api_key(&hash))
+                let fetch = async {
+                    match &key {
+                        KeyRef::Hash(hash) => shared.store.find_api_key(hash).await,
+                        KeyRef::Id(id) => shared.store.find_api_key_by_id(id).await,
+                    }
+                };
+                let record = tokio::time::timeout(LOOKUP_TIMEOUT, fetch)
                     .await
                     .map_err(|_| LookupError::TimedOut);
                 let outcome = match &record {
@@ -296,6 +400,14 @@ impl Authenticator {
     }
 }
 
+/// How a lookup names a key.
+enum KeyRef {
+    /// The hash of an API key's secret.
+    Hash(String),
+    /// A key's public id (a token's minting key).
+    Id(String),
+}
+
 /// Reloads the key set every [`KEY_SET_REFRESH`] (from the start of one
 /// load to the start of the next) for as long as the authenticator lives.
 async fn reload_key_set(verifier: Weak<Verifier>) {
@@ -308,19 +420,20 @@ async fn reload_key_set(verifier: Weak<Verifier>) {
         // Bounded, so that a hung query cannot stop the reloads.
         match tokio::time::timeout(KEY_CACHE_TTL, shared.store.active_api_keys()).await {
             Ok(Ok(active)) => {
-                let by_hash: HashMap<String, Arc<KeyIdentity>> = active
-                    .into_iter()
-                    .map(|key| {
-                        let identity = Arc::new(KeyIdentity {
-                            key_id: key.id,
-                            tenant: key.tenant,
-                        });
-                        (key.secret_hash, identity)
-                    })
-                    .collect();
+                let mut by_hash = HashMap::with_capacity(active.len());
+                let mut by_id = HashMap::with_capacity(active.len());
+                for key in active {
+                    let identity = Arc::new(KeyIdentity {
+                        key_id: key.id,
+                        tenant: key.tenant,
+                    });
+                    by_id.insert(identity.key_id.clone(), Arc::clone(&identity));
+                    by_hash.insert(key.secret_hash, identity);
+                }
                 let count = by_hash.len();
                 *shared.keys.write().unwrap_or_else(PoisonError::into_inner) = KeySet {
                     by_hash,
+                    by_id,
                     loaded_at: Some(started),
                 };
                 if failing {
@@ -376,35 +489,60 @@ impl From<&StoreError> for AuthError {
 
 /// Who a verified credential stands for (API.md, "Who may do what").
 ///
-/// Today only tenant API keys exist. An admin key (no tenant) and a feedback
-/// token (one tenant's `(kind, id)` as one end user) become variants here;
-/// [`authorize`] and [`Principal::act_for`] then say what each may do, and no
-/// handler changes.
+/// An admin key (no tenant) becomes a variant here too; [`authorize`] and
+/// [`Principal::act_for`] then say what each may do, and no handler changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     /// A tenant API key: every operation on its tenant's feedback.
     TenantKey(Arc<KeyIdentity>),
+    /// A feedback token: create, update and get of one output of the
+    /// minting key's tenant, as the end user it names.
+    FeedbackToken(Arc<TokenGrant>),
+}
+
+/// A verified feedback token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// The (active) key that minted it.
+    pub key: Arc<KeyIdentity>,
+    /// What it grants.
+    pub claims: TokenClaims,
+    /// What the per-token rate limit counts (its MAC, unique per token).
+    pub rate_key: String,
 }
 
 impl Principal {
-    /// The key the credential was verified as (what the per-key rate limit
-    /// counts and the request log names).
+    /// The key the credential was verified as, or that minted the token
+    /// (what the per-key rate limit counts and the request log names).
     #[must_use]
     pub fn key(&self) -> &Arc<KeyIdentity> {
         match self {
             Self::TenantKey(key) => key,
+            Self::FeedbackToken(grant) => &grant.key,
         }
     }
 
     /// The caller of an authorized request, acting for `end_user` (from
-    /// `X-On-Behalf-Of`) or for the whole tenant. A credential bound to one
-    /// end user will refuse any other here (`Forbidden`).
+    /// `X-On-Behalf-Of`) or for the whole tenant. A token acts as its own
+    /// end user and refuses any other here (`Forbidden`).
     pub fn act_for(&self, end_user: Option<EndUserId>) -> Result<Caller, AuthError> {
         match self {
             Self::TenantKey(key) => Ok(Caller {
                 key: Arc::clone(key),
                 end_user,
+                output: None,
             }),
+            Self::FeedbackToken(grant) => {
+                let own = grant.claims.end_user.as_ref();
+                if end_user.as_ref().is_some_and(|named| Some(named) != own) {
+                    return Err(AuthError::Forbidden);
+                }
+                Ok(Caller {
+                    key: Arc::clone(&grant.key),
+                    end_user: own.cloned(),
+                    output: Some(grant.claims.output.clone()),
+                })
+            }
         }
     }
 }
@@ -418,6 +556,8 @@ pub enum Requirement {
     OneOutput,
     /// Any other operation on the tenant's feedback: list, batch get, export.
     TenantFeedback,
+    /// Minting feedback tokens (only a tenant key: a token mints none).
+    MintTokens,
     /// The admin operations across all tenants (the admin export). No route
     /// requires it yet; tenant keys may never call them.
     AllTenants,
@@ -425,16 +565,31 @@ pub enum Requirement {
 
 impl Requirement {
     /// Every requirement, for exhaustive tests.
-    pub const ALL: [Self; 3] = [Self::OneOutput, Self::TenantFeedback, Self::AllTenants];
+    pub const ALL: [Self; 4] = [
+        Self::OneOutput,
+        Self::TenantFeedback,
+        Self::MintTokens,
+        Self::AllTenants,
+    ];
 }
 
 /// The one authorization step: may `principal` call an operation that
 /// requires `requirement`? No wildcard arm, so that a new principal or
-/// requirement must be decided for every pair.
+/// requirement must be decided for every pair. Which output a
+/// [`Requirement::OneOutput`] operation addresses is known only once its path
+/// or body is read: [`Caller::authorize_output`] decides that part.
 pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), AuthError> {
     match (principal, requirement) {
-        (Principal::TenantKey(_), Requirement::OneOutput | Requirement::TenantFeedback) => Ok(()),
-        (Principal::TenantKey(_), Requirement::AllTenants) => Err(AuthError::Forbidden),
+        (
+            Principal::TenantKey(_),
+            Requirement::OneOutput | Requirement::TenantFeedback | Requirement::MintTokens,
+        )
+        | (Principal::FeedbackToken(_), Requirement::OneOutput) => Ok(()),
+        (Principal::TenantKey(_), Requirement::AllTenants)
+        | (
+            Principal::FeedbackToken(_),
+            Requirement::TenantFeedback | Requirement::MintTokens | Requirement::AllTenants,
+        ) => Err(AuthError::Forbidden),
     }
 }
 
@@ -445,6 +600,8 @@ pub struct Caller {
     pub key: Arc<KeyIdentity>,
     /// The end user the caller acts for, if any.
     pub end_user: Option<EndUserId>,
+    /// The one output the caller may address (a token's); `None`: any.
+    pub output: Option<FeedbackKey>,
 }
 
 impl Caller {
@@ -454,6 +611,16 @@ impl Caller {
         Scope {
             tenant: self.key.tenant.clone(),
             end_user: self.end_user.clone(),
+        }
+    }
+
+    /// The second half of [`authorize`] for a [`Requirement::OneOutput`]
+    /// operation, once the output it addresses is known (from the path, or
+    /// from a create's body): a token may address only its own.
+    pub fn authorize_output(&self, key: &FeedbackKey) -> Result<(), AuthError> {
+        match &self.output {
+            Some(own) if own != key => Err(AuthError::Forbidden),
+            _ => Ok(()),
         }
     }
 }
@@ -481,7 +648,12 @@ mod tests {
     /// row is written.
     fn rights(principal: &Principal, requirement: Requirement) -> Result<(), AuthError> {
         let allowed: &[Requirement] = match principal {
-            Principal::TenantKey(_) => &[Requirement::OneOutput, Requirement::TenantFeedback],
+            Principal::TenantKey(_) => &[
+                Requirement::OneOutput,
+                Requirement::TenantFeedback,
+                Requirement::MintTokens,
+            ],
+            Principal::FeedbackToken(_) => &[Requirement::OneOutput],
         };
         if allowed.contains(&requirement) {
             Ok(())
@@ -494,6 +666,30 @@ mod tests {
         Principal::TenantKey(Arc::new(KeyIdentity {
             key_id: key_id.to_owned(),
             tenant: TenantId::parse(tenant).unwrap(),
+        }))
+    }
+
+    fn output(id: &str) -> FeedbackKey {
+        FeedbackKey {
+            kind: crate::feedback::OutputKind::Responses,
+            id: crate::feedback::OutputId::parse(id).unwrap(),
+        }
+    }
+
+    fn feedback_token(end_user: Option<&str>) -> Principal {
+        let Principal::TenantKey(key) = tenant_key("t", "key_0") else {
+            unreachable!()
+        };
+        Principal::FeedbackToken(Arc::new(TokenGrant {
+            key,
+            claims: TokenClaims {
+                key_id: "key_0".to_owned(),
+                tenant: TenantId::parse("t").unwrap(),
+                output: output("resp-1"),
+                end_user: end_user.map(|user| EndUserId::parse(user).unwrap()),
+                expires_at: chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap(),
+            },
+            rate_key: "mac".to_owned(),
         }))
     }
 
@@ -514,7 +710,7 @@ mod tests {
 
     #[test]
     fn every_principal_kind_and_requirement_pair_is_decided() {
-        let principals = [tenant_key("t", "key_0")];
+        let principals = [tenant_key("t", "key_0"), feedback_token(Some("u-1"))];
         let mut refused = 0;
         for principal in &principals {
             for requirement in Requirement::ALL {
@@ -527,8 +723,50 @@ mod tests {
                 refused += usize::from(outcome.is_err());
             }
         }
-        // A tenant key may not call the admin operations.
-        assert_eq!(refused, 1);
+        // A tenant key may not call the admin operations; a token only
+        // reaches its one output.
+        assert_eq!(refused, 4);
+    }
+
+    #[test]
+    fn a_token_acts_as_its_end_user_on_its_output_only() {
+        let principal = feedback_token(Some("u-1"));
+        let user = EndUserId::parse("u-1").unwrap();
+        for named in [None, Some(user.clone())] {
+            let caller = principal.act_for(named).unwrap();
+            assert_eq!(caller.scope().tenant.as_str(), "t");
+            assert_eq!(caller.scope().end_user, Some(user.clone()));
+            assert_eq!(caller.authorize_output(&output("resp-1")), Ok(()));
+            assert_eq!(
+                caller.authorize_output(&output("resp-2")),
+                Err(AuthError::Forbidden)
+            );
+            let other_kind = FeedbackKey {
+                kind: crate::feedback::OutputKind::Completions,
+                id: crate::feedback::OutputId::parse("resp-1").unwrap(),
+            };
+            assert_eq!(
+                caller.authorize_output(&other_kind),
+                Err(AuthError::Forbidden)
+            );
+        }
+        let someone_else = EndUserId::parse("u-2").unwrap();
+        assert_eq!(
+            principal.act_for(Some(someone_else.clone())).err(),
+            Some(AuthError::Forbidden)
+        );
+        // A token for the whole tenant may not pick an end user either.
+        assert_eq!(
+            feedback_token(None).act_for(Some(someone_else)).err(),
+            Some(AuthError::Forbidden)
+        );
+        assert_eq!(
+            feedback_token(None).act_for(None).unwrap().scope().end_user,
+            None
+        );
+        // A tenant key may address any output.
+        let caller = tenant_key("t", "key_0").act_for(None).unwrap();
+        assert_eq!(caller.authorize_output(&output("resp-2")), Ok(()));
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// Requests an API key may make in a burst; default: one second's worth.
     #[arg(long, env = "RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate_limit_burst: Option<u32>,
+    /// Requests per minute allowed per feedback token (its own bucket of
+    /// that size, per replica).
+    #[arg(long, env = "TOKEN_RATE_LIMIT_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub token_rate_limit_per_minute: u32,
     /// Browser origins allowed to call the API (comma-separated), or `*`; unset: CORS off.
     /// Each must be an origin as browsers send it (`https://app.example.com`).
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = CorsOrigin::parse)]

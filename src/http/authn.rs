@@ -121,8 +121,14 @@ fn admit(
     let principal = outcome?;
     let key = Arc::clone(principal.key());
     tracing::Span::current().record("tenant", key.tenant.as_str());
-    if let Some(limiter) = &state.rate_limiter {
-        limiter.check(&key.key_id)?;
+    // A token counts in its own bucket only: browsers cannot spend the
+    // minting backend's.
+    let (limiter, counted) = match &principal {
+        Principal::TenantKey(key) => (&state.rate_limiters.keys, &key.key_id),
+        Principal::FeedbackToken(grant) => (&state.rate_limiters.tokens, &grant.rate_key),
+    };
+    if let Some(limiter) = limiter {
+        limiter.check(counted)?;
     }
     request.extensions_mut().insert(principal);
     Ok(key)

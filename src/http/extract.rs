@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::AppError;
+use crate::auth::Caller;
 use crate::feedback::{FeedbackKey, FieldError, OutputId, OutputKind};
 
 /// A JSON body: `application/json` or `application/*+json` (else 415), at most
@@ -137,7 +138,13 @@ impl<S: Send + Sync> FromRequestParts<S> for EntryParams {
         // On `/{kind}/batch` the static segment is the id: GET and PUT there
         // address an entry named `batch` (API.md); only POST is batch get.
         let id = OutputId::parse(param(&params, "id").unwrap_or(BATCH_SEGMENT))?;
-        Ok(Self(FeedbackKey { kind, id }))
+        let key = FeedbackKey { kind, id };
+        // Left by `Require`: a token may address only its own output (403
+        // before the body is read).
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            caller.authorize_output(&key)?;
+        }
+        Ok(Self(key))
     }
 }
 

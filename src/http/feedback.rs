@@ -180,6 +180,7 @@ impl From<Feedback> for FeedbackResponse {
     summary = "Create feedback for an output",
     params(KindPath, OnBehalfOf),
     request_body = CreateFeedbackBody,
+    security(("bearer" = []), ("feedback_token" = [])),
     responses((status = 201, description = "Created", body = FeedbackResponse))
 )]
 pub(crate) async fn create_feedback(
@@ -189,6 +190,8 @@ pub(crate) async fn create_feedback(
     ApiJson(body): ApiJson<CreateFeedbackBody>,
 ) -> Result<(StatusCode, Json<FeedbackResponse>)> {
     let new = body.parse(kind)?;
+    // The output is known only now: a token may create only its own.
+    caller.authorize_output(&new.key)?;
     let Insertion::Inserted(entry) = app.store.insert_feedback(&caller.scope(), &new).await? else {
         return Err(AppError::Conflict);
     };
@@ -204,6 +207,7 @@ pub(crate) async fn create_feedback(
     summary = "Update feedback: absent fields stay, null clears, a value replaces",
     params(EntryPath, OnBehalfOf),
     request_body = UpdateFeedbackBody,
+    security(("bearer" = []), ("feedback_token" = [])),
     responses((status = 200, description = "Updated", body = FeedbackResponse))
 )]
 pub(crate) async fn update_feedback(
@@ -232,6 +236,7 @@ pub(crate) async fn update_feedback(
     tag = "feedback",
     summary = "Get feedback",
     params(EntryPath, OnBehalfOf),
+    security(("bearer" = []), ("feedback_token" = [])),
     responses((status = 200, description = "The entry", body = FeedbackResponse))
 )]
 pub(crate) async fn get_feedback(
@@ -255,6 +260,7 @@ pub(crate) async fn get_feedback(
     tag = "feedback",
     summary = "Get the entry whose id is `batch`",
     params(KindPath, OnBehalfOf),
+    security(("bearer" = []), ("feedback_token" = [])),
     responses((status = 200, description = "The entry", body = FeedbackResponse))
 )]
 pub(crate) async fn get_feedback_named_batch(
@@ -273,6 +279,7 @@ pub(crate) async fn get_feedback_named_batch(
     summary = "Update the entry whose id is `batch`",
     params(KindPath, OnBehalfOf),
     request_body = UpdateFeedbackBody,
+    security(("bearer" = []), ("feedback_token" = [])),
     responses((status = 200, description = "Updated", body = FeedbackResponse))
 )]
 pub(crate) async fn update_feedback_named_batch(

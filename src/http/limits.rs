@@ -235,6 +235,15 @@ impl KeyRateLimiter {
         }
     }
 
+    /// `per_minute` requests a minute, all of them at once at most (the
+    /// feedback tokens' limit).
+    #[must_use]
+    pub fn per_minute(per_minute: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+        }
+    }
+
     /// Takes a token for `key_id`, or says how long until one is there.
     pub fn check(&self, key_id: &str) -> Result<(), AppError> {
         match self.limiter.check_key(&key_id.to_owned()) {

@@ -16,6 +16,7 @@ mod on_response;
 mod openapi;
 mod ops;
 mod serve;
+mod tokens;
 mod trace;
 mod widget;
 
@@ -67,8 +68,8 @@ pub struct AppServices {
     pub store: Arc<dyn Store>,
     /// Verifies API keys.
     pub authenticator: Authenticator,
-    /// The per-key rate limit, when configured.
-    pub rate_limiter: Option<Arc<KeyRateLimiter>>,
+    /// The per-key and per-token rate limits, when configured.
+    pub rate_limiters: RateLimiters,
     /// The most rows one CSV export holds.
     pub export_max_rows: u64,
     /// Exports streaming at once, and their chunk deadline.
@@ -79,6 +80,15 @@ pub struct AppServices {
     pub(crate) readiness: ops::Readiness,
     /// The background workers' health, part of `/readyz`.
     pub(crate) workers: WorkerHealth,
+}
+
+/// The rate limits of authenticated requests, each keyed by its credential.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimiters {
+    /// Per API key (`RATE_LIMIT_PER_SECOND`); off when `None`.
+    pub keys: Option<Arc<KeyRateLimiter>>,
+    /// Per feedback token (`TOKEN_RATE_LIMIT_PER_MINUTE`).
+    pub tokens: Option<Arc<KeyRateLimiter>>,
 }
 
 /// Settings of the layers around the routes.
@@ -125,6 +135,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(requiring(
             Requirement::TenantFeedback,
             routes!(export::export_feedback),
+        ))
+        // A static segment again: `POST /tokens` is not a create of kind `tokens`.
+        .routes(requiring(
+            Requirement::MintTokens,
+            routes!(tokens::create_token),
         ));
     described(routes, Surface::Api)
 }
@@ -178,14 +193,14 @@ pub fn router(
     store: Arc<dyn Store>,
     authenticator: Authenticator,
     workers: WorkerHealth,
-    rate_limiter: Option<Arc<KeyRateLimiter>>,
+    rate_limiters: RateLimiters,
     export_max_rows: u64,
     settings: &HttpSettings,
 ) -> Router {
     let state = AppState(Arc::new(AppServices {
         authenticator,
         store,
-        rate_limiter,
+        rate_limiters,
         export_max_rows,
         exports: export::ExportLimits::new(settings.request_timeout),
         openapi_json: openapi_document().to_string().into(),

@@ -43,6 +43,7 @@ use super::error::ErrorEnvelope;
     )),
     tags(
         (name = "feedback", description = "Feedback entries"),
+        (name = "tokens", description = "Feedback tokens: what a browser holds instead of an API key"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -282,6 +283,17 @@ pub(crate) fn finish(mut document: Document) -> Value {
                 .build(),
         ),
     );
+    components.add_security_scheme(
+        "feedback_token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "A feedback token (`POST /api/v1/llm/feedback/tokens`): `Authorization: Bearer lft_...`; create, update and get of its one output only",
+                ))
+                .build(),
+        ),
+    );
     let mut json = match serde_json::to_value(&document) {
         Ok(json) => json,
         // Unreachable in practice (the model is plain data); the service
@@ -391,7 +403,10 @@ fn add_error_responses(operation: &mut Operation, surface: Surface, method: &str
                 "400",
                 "Invalid request: bad JSON, fields, values, query or header",
             ),
-            ("401", "Missing, malformed, unknown or revoked API key"),
+            (
+                "401",
+                "Missing, malformed, unknown or revoked API key; or a feedback token that is malformed, forged, expired or whose key was revoked",
+            ),
             ("403", "The credential may not call this operation"),
             (
                 "404",
@@ -405,7 +420,8 @@ fn add_error_responses(operation: &mut Operation, surface: Surface, method: &str
                 ("415", "Body not application/json"),
             ]);
         }
-        if method == "post" && !path.ends_with("/batch") {
+        // Creates only: not batch get, not minting a token.
+        if method == "post" && !path.ends_with("/batch") && !path.ends_with("/tokens") {
             statuses.push(("409", "Feedback for this output already exists"));
         }
     }

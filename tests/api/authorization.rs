@@ -1,10 +1,8 @@
 //! Authorization and the API router's structure, as far as HTTP shows them.
 //!
-//! Every credential that exists today (a tenant API key) may call every
-//! `/api/v1` operation, so no request can get `403` yet: which principal may
-//! meet which requirement is tested on `auth::authorize` itself (unit and
-//! property tests in src/auth.rs). The HTTP tests of `403` arrive with the
-//! second kind of credential (feedback tokens, admin keys).
+//! Which principal may meet which requirement is tested on `auth::authorize`
+//! itself (unit and property tests in src/auth.rs); the HTTP tests of `403`
+//! for feedback tokens are in tokens.rs.
 
 use reqwest::Method;
 use serde_json::Value;
@@ -66,7 +64,8 @@ async fn every_api_operation_documents_403_and_no_operational_one_does(app: Test
             }
         }
     }
-    assert_eq!(api_operations, 8, "{}", document["paths"]);
+    // The eight feedback operations and `POST /tokens`.
+    assert_eq!(api_operations, 9, "{}", document["paths"]);
 }
 
 async fn forbidden_is_a_listed_error_code(app: TestApp) {

@@ -183,6 +183,7 @@ pub(crate) fn test_serve_args() -> ServeArgs {
         max_concurrent_requests: 1024,
         rate_limit_per_second: None,
         rate_limit_burst: None,
+        token_rate_limit_per_minute: 30,
         cors_allowed_origins: Vec::new(),
         shutdown_timeout_secs: 5,
         header_read_timeout_ms: 10_000,

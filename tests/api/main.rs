@@ -68,6 +68,7 @@ mod scoping;
 mod shutdown;
 mod store_keys;
 mod timestamps;
+mod tokens;
 mod update;
 mod widget;
 mod workers;
