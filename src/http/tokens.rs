@@ -28,9 +28,10 @@ pub(crate) struct CreateTokenBody {
     /// That output's id.
     #[schema(value_type = OutputIdSchema, required = true, example = "resp-xyz789")]
     id: Option<String>,
-    /// Lifetime in seconds, 60 to 604800 (7 days); default 3600.
-    #[schema(minimum = 60, maximum = 604_800, default = 3600)]
-    ttl_seconds: Option<i64>,
+    /// Lifetime in seconds, 60 to 604800 (7 days); default 3600. A JSON
+    /// number (JSON Schema counts `60.0` as the integer 60, so do we).
+    #[schema(value_type = Option<i64>, minimum = 60, maximum = 604_800, default = 3600)]
+    ttl_seconds: Option<serde_json::Number>,
 }
 
 /// A minted token: the credential a browser sends as `Authorization: Bearer`.
@@ -72,15 +73,23 @@ fn parse(body: CreateTokenBody) -> Result<(FeedbackKey, TimeDelta)> {
         .and_then(OutputId::parse)
         .map_err(|err| errors.push(err))
         .ok();
-    let ttl = body.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS.into());
-    let ttl = if (i64::from(MIN_TTL_SECONDS)..=i64::from(MAX_TTL_SECONDS)).contains(&ttl) {
-        Some(TimeDelta::seconds(ttl))
-    } else {
-        errors.push(FieldError::new(
-            "ttl_seconds",
-            format!("must be from {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS} (got {ttl})"),
-        ));
-        None
+    let ttl = match body.ttl_seconds.as_ref().map(whole_seconds) {
+        None => Some(TimeDelta::seconds(DEFAULT_TTL_SECONDS.into())),
+        Some(Some(ttl))
+            if (i64::from(MIN_TTL_SECONDS)..=i64::from(MAX_TTL_SECONDS)).contains(&ttl) =>
+        {
+            Some(TimeDelta::seconds(ttl))
+        }
+        Some(_) => {
+            let got = body.ttl_seconds.map(|n| n.to_string()).unwrap_or_default();
+            errors.push(FieldError::new(
+                "ttl_seconds",
+                format!(
+                    "must be a whole number from {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS} (got {got})"
+                ),
+            ));
+            None
+        }
     };
     match (kind, id, ttl) {
         (Some(kind), Some(id), Some(ttl)) if errors.is_empty() => {
@@ -88,6 +97,20 @@ fn parse(body: CreateTokenBody) -> Result<(FeedbackKey, TimeDelta)> {
         }
         _ => Err(errors.into()),
     }
+}
+
+/// A JSON number that is a whole number of seconds in range of `i64`
+/// (`60` and `60.0` alike).
+fn whole_seconds(number: &serde_json::Number) -> Option<i64> {
+    if let Some(whole) = number.as_i64() {
+        return Some(whole);
+    }
+    let float = number.as_f64()?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "whole and within ±2^53, so exact"
+    )]
+    (float.fract() == 0.0 && float.abs() < 9.0e15).then_some(float as i64)
 }
 
 /// Whole seconds: what the token carries.

@@ -153,8 +153,9 @@ async fn a_key_mints_a_token_for_one_output_with_or_without_an_end_user(app: Tes
         (TimeDelta::seconds(3598)..=TimeDelta::seconds(3601)).contains(&lifetime),
         "{lifetime}"
     );
-    // Both bounds are accepted.
-    for ttl in [60, 604_800] {
+    // Both bounds are accepted, also written as JSON Schema integers with a
+    // fraction of zero.
+    for ttl in [json!(60), json!(604_800), json!(60.0)] {
         let reply = mint_as(
             &app,
             &app.api_key,
@@ -188,6 +189,14 @@ async fn bad_mint_bodies_are_400_with_details(app: TestApp) {
         ),
         (
             json!({"kind": "responses", "id": "x", "ttl_seconds": 604_801}),
+            vec!["ttl_seconds"],
+        ),
+        (
+            json!({"kind": "responses", "id": "x", "ttl_seconds": 60.5}),
+            vec!["ttl_seconds"],
+        ),
+        (
+            json!({"kind": "responses", "id": "x", "ttl_seconds": "60"}),
             vec!["ttl_seconds"],
         ),
         (
