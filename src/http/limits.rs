@@ -5,8 +5,9 @@ use std::future::{Ready, ready};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -213,10 +214,16 @@ impl http_body::Body for InFlightUntilEnd {
     }
 }
 
-/// A token bucket per API key.
+/// A token bucket per API key (or per feedback token).
 pub struct KeyRateLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
+    /// For keys that come and go (feedback tokens): when full buckets were
+    /// last forgotten. `None`: never forget (API keys are few and stay).
+    forgotten_at: Option<Mutex<Instant>>,
 }
+
+/// How often a limiter of feedback tokens forgets its full buckets.
+const FORGET_FULL_BUCKETS_EVERY: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for KeyRateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,6 +239,7 @@ impl KeyRateLimiter {
         let quota = Quota::per_second(per_second).allow_burst(burst.unwrap_or(per_second));
         Self {
             limiter: RateLimiter::keyed(quota),
+            forgotten_at: None,
         }
     }
 
@@ -241,11 +249,45 @@ impl KeyRateLimiter {
     pub fn per_minute(per_minute: NonZeroU32) -> Self {
         Self {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            forgotten_at: Some(Mutex::new(Instant::now())),
         }
+    }
+
+    /// Forgets the buckets that are full again (no request for a whole
+    /// refill), at most once a minute, from whichever request comes first
+    /// after that: feedback tokens are many and short-lived, so without this
+    /// the map would keep one entry per token ever used. The walk is over
+    /// the tokens used in about the last minute, once a minute.
+    fn forget_full_buckets(&self) {
+        let Some(forgotten_at) = &self.forgotten_at else {
+            return;
+        };
+        let Ok(mut at) = forgotten_at.try_lock() else {
+            return;
+        };
+        if at.elapsed() >= FORGET_FULL_BUCKETS_EVERY {
+            *at = Instant::now();
+            drop(at);
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+    }
+
+    /// How many keys have a bucket now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Whether no key has a bucket.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
     }
 
     /// Takes a token for `key_id`, or says how long until one is there.
     pub fn check(&self, key_id: &str) -> Result<(), AppError> {
+        self.forget_full_buckets();
         match self.limiter.check_key(&key_id.to_owned()) {
             Ok(()) => Ok(()),
             Err(not_until) => {
@@ -258,5 +300,39 @@ impl KeyRateLimiter {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_limiter_forgets_full_buckets_once_a_minute() {
+        // One request every 0.5 s; governor tells a bucket from a full one
+        // until a request's cell and one more have been refilled (1 s here).
+        let limiter = KeyRateLimiter::per_minute(NonZeroU32::new(120).unwrap());
+        limiter.check("old").unwrap();
+        // Full again; a minute has not passed yet.
+        std::thread::sleep(Duration::from_millis(1300));
+        limiter.check("new").unwrap();
+        assert_eq!(limiter.len(), 2);
+
+        let forgotten_at = limiter.forgotten_at.as_ref().unwrap();
+        *forgotten_at.lock().unwrap() = Instant::now()
+            .checked_sub(FORGET_FULL_BUCKETS_EVERY)
+            .unwrap();
+        limiter.check("newer").unwrap();
+        // "old" was full again; "new" and "newer" are spent.
+        assert_eq!(limiter.len(), 2);
+        assert!(limiter.check("old").is_ok());
+    }
+
+    #[test]
+    fn an_api_key_limiter_keeps_its_buckets() {
+        let limiter = KeyRateLimiter::new(NonZeroU32::new(1000).unwrap(), None);
+        limiter.check("key").unwrap();
+        assert!(limiter.forgotten_at.is_none());
+        assert!(!limiter.is_empty());
     }
 }
