@@ -10,7 +10,6 @@
 
 use std::future::{Ready, ready};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{FromRequestParts, Request};
@@ -21,9 +20,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
-use super::on_response::{OnResponse, Then};
 use super::{AppError, AppState};
-use crate::auth::{self, AuthError, Caller, KeyIdentity, Principal, Requirement};
+use crate::auth::{self, AuthError, Caller, Principal, Requirement};
 use crate::feedback::{EndUserId, FieldError};
 use crate::telemetry::AUTH_FAILURES;
 
@@ -58,7 +56,7 @@ where
     type Response = Response;
     type Error = S::Error;
     type Future = Either<
-        Either<Ready<Result<Response, S::Error>>, Then<S::Future, LogKey>>,
+        Either<Ready<Result<Response, S::Error>>, S::Future>,
         Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>,
     >;
 
@@ -77,10 +75,7 @@ where
         let lookup = match self.state.authenticator.authenticate(secret) {
             Ok(outcome) => {
                 return match admit(&self.state, outcome, &mut request) {
-                    Ok(key) => Either::Left(Either::Right(Then::new(
-                        self.inner.call(request),
-                        Some(LogKey(key)),
-                    ))),
+                    Ok(()) => Either::Left(Either::Right(self.inner.call(request))),
                     Err(err) => refuse(err),
                 };
             }
@@ -93,21 +88,10 @@ where
         Either::Right(Box::pin(async move {
             let outcome = state.authenticator.look_up(lookup).await;
             match admit(&state, outcome, &mut request) {
-                Ok(key) => Then::new(inner.call(request), Some(LogKey(key))).await,
+                Ok(()) => inner.call(request).await,
                 Err(err) => Ok(err.into_response()),
             }
         }))
-    }
-}
-
-/// Leaves the key in the response, for the request's log line (written
-/// after the response).
-pub(crate) struct LogKey(Arc<KeyIdentity>);
-
-impl OnResponse for LogKey {
-    fn on_response(self, mut response: Response) -> Response {
-        response.extensions_mut().insert(self.0);
-        response
     }
 }
 
@@ -117,10 +101,9 @@ fn admit(
     state: &AppState,
     outcome: Result<Principal, AuthError>,
     request: &mut Request,
-) -> Result<Arc<KeyIdentity>, AppError> {
+) -> Result<(), AppError> {
     let principal = outcome?;
-    let key = Arc::clone(principal.key());
-    tracing::Span::current().record("tenant", key.tenant.as_str());
+    tracing::Span::current().record("tenant", principal.key().tenant.as_str());
     // A token counts in its own bucket only: browsers cannot spend the
     // minting backend's.
     let (limiter, counted) = match &principal {
@@ -131,7 +114,7 @@ fn admit(
         limiter.check(counted)?;
     }
     request.extensions_mut().insert(principal);
-    Ok(key)
+    Ok(())
 }
 
 /// The secret of the request's `Authorization: Bearer` header; `401` (and

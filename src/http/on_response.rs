@@ -1,6 +1,6 @@
 //! The response future the API layers share: when the inner service's
-//! response is ready, one last step with the request's own state (leave the
-//! key for the log line, mark `Connection: close`, hold the in-flight slot).
+//! response is ready, one last step with the request's own state (mark
+//! `Connection: close`, hold the in-flight slot).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
