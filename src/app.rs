@@ -133,11 +133,13 @@ impl Application {
             max_concurrent_requests: self.serve.max_concurrent_requests as usize,
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
+            idempotency_ttl: Duration::from_secs(self.serve.idempotency_ttl_secs),
         };
         let token_rate_limiter = NonZeroU32::new(self.serve.token_rate_limit_per_minute)
             .map(|per_minute| Arc::new(KeyRateLimiter::per_minute(per_minute)));
         let authenticator = auth::Authenticator::new(Arc::clone(&self.store), self.tokens.clone());
         start_workers(&mut self.workers, &authenticator);
+        start_safe_write_workers(&mut self.workers, &self.store, &self.serve);
         let router = http::router(
             Arc::clone(&self.store),
             authenticator,
@@ -202,6 +204,24 @@ fn start_workers(workers: &mut Workers, authenticator: &auth::Authenticator) {
             Ok(())
         }
     });
+}
+
+/// The upkeep of safe writes (src/upkeep.rs), after the others: the purge
+/// of expired idempotent outcomes and, with `RETENTION_DAYS`, retention.
+fn start_safe_write_workers(workers: &mut Workers, store: &Arc<dyn Store>, serve: &ServeArgs) {
+    let (purged, ttl) = (
+        Arc::clone(store),
+        Duration::from_secs(serve.idempotency_ttl_secs),
+    );
+    workers.spawn("idempotency-purge", move |context: WorkerContext| {
+        crate::upkeep::purge_idempotency_keys(Arc::clone(&purged), ttl, context)
+    });
+    if let Some(days) = serve.retention_days {
+        let retained = Arc::clone(store);
+        workers.spawn("retention", move |context: WorkerContext| {
+            crate::upkeep::enforce_retention(Arc::clone(&retained), days, context)
+        });
+    }
 }
 
 /// Provisions `BOOTSTRAP_API_KEY` if set; otherwise, on a first start of the

@@ -558,6 +558,9 @@ pub enum Requirement {
     TenantFeedback,
     /// Minting feedback tokens (only a tenant key: a token mints none).
     MintTokens,
+    /// Erasing everything the tenant holds about one end user (only a
+    /// tenant key, acting for the whole tenant).
+    EraseEndUsers,
     /// The admin operations across all tenants (the admin export). No route
     /// requires it yet; tenant keys may never call them.
     AllTenants,
@@ -565,10 +568,11 @@ pub enum Requirement {
 
 impl Requirement {
     /// Every requirement, for exhaustive tests.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::OneOutput,
         Self::TenantFeedback,
         Self::MintTokens,
+        Self::EraseEndUsers,
         Self::AllTenants,
     ];
 }
@@ -582,13 +586,19 @@ pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), 
     match (principal, requirement) {
         (
             Principal::TenantKey(_),
-            Requirement::OneOutput | Requirement::TenantFeedback | Requirement::MintTokens,
+            Requirement::OneOutput
+            | Requirement::TenantFeedback
+            | Requirement::MintTokens
+            | Requirement::EraseEndUsers,
         )
         | (Principal::FeedbackToken(_), Requirement::OneOutput) => Ok(()),
         (Principal::TenantKey(_), Requirement::AllTenants)
         | (
             Principal::FeedbackToken(_),
-            Requirement::TenantFeedback | Requirement::MintTokens | Requirement::AllTenants,
+            Requirement::TenantFeedback
+            | Requirement::MintTokens
+            | Requirement::EraseEndUsers
+            | Requirement::AllTenants,
         ) => Err(AuthError::Forbidden),
     }
 }
@@ -652,6 +662,7 @@ mod tests {
                 Requirement::OneOutput,
                 Requirement::TenantFeedback,
                 Requirement::MintTokens,
+                Requirement::EraseEndUsers,
             ],
             Principal::FeedbackToken(_) => &[Requirement::OneOutput],
         };
@@ -725,7 +736,7 @@ mod tests {
         }
         // A tenant key may not call the admin operations; a token only
         // reaches its one output.
-        assert_eq!(refused, 4);
+        assert_eq!(refused, 5);
     }
 
     #[test]

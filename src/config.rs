@@ -144,6 +144,14 @@ pub struct ServeArgs {
     /// listen backlog until one closes.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// How long the outcome of a create with an `Idempotency-Key` is kept
+    /// (and replayed); expired outcomes are purged in the background.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idempotency_ttl_secs: u64,
+    /// Delete entries (and their histories) created longer ago than this
+    /// many days, checked hourly; unset: keep for ever.
+    #[arg(long, env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub retention_days: Option<u32>,
 }
 
 impl ServeArgs {

@@ -9,6 +9,7 @@ pub mod feedback;
 pub mod http;
 pub mod store;
 pub mod telemetry;
+pub mod upkeep;
 pub mod worker;
 
 pub use app::Application;

@@ -92,6 +92,9 @@ pub struct Feedback {
     pub created_at: DateTime<Utc>,
     /// When the entry was created or last updated (millisecond precision).
     pub updated_at: DateTime<Utc>,
+    /// Its revision: 1 on creation, one more on each update (its `ETag`);
+    /// a create after a delete continues the numbering.
+    pub revision: i64,
 }
 
 /// Where an entry stands in the stable order of a listing: by creation time,

@@ -39,6 +39,15 @@ pub enum AppError {
     /// 409: feedback for that output already exists.
     #[error("feedback for this output already exists; use PUT to change it")]
     Conflict,
+    /// 409: a request with the same `Idempotency-Key` is still in flight.
+    #[error("a request with this Idempotency-Key is still being processed; retry after 1 s")]
+    IdempotencyInProgress,
+    /// 412: `If-Match` does not match the entry's current `ETag`.
+    #[error("the entry's current ETag does not match If-Match; nothing was changed")]
+    PreconditionFailed,
+    /// 422: the `Idempotency-Key` was used with a different request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
     /// 413: body over the limit.
     #[error("request body is larger than 65536 bytes")]
     PayloadTooLarge,
@@ -77,7 +86,9 @@ impl AppError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::Conflict | Self::IdempotencyInProgress => StatusCode::CONFLICT,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -96,6 +107,9 @@ impl AppError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
@@ -156,7 +170,8 @@ pub(crate) struct ErrorBody {
     /// treat an unknown one by its HTTP status. Current codes:
     /// `invalid_request` (400), `unauthorized` (401), `forbidden` (403),
     /// `not_found` (404), `method_not_allowed` (405), `conflict` (409),
-    /// `payload_too_large` (413), `unsupported_media_type` (415),
+    /// `idempotency_in_progress` (409), `precondition_failed` (412),
+    /// `idempotency_key_reused` (422), `payload_too_large` (413), `unsupported_media_type` (415),
     /// `rate_limited` (429), `internal` (500), `unavailable` (503).
     #[schema(example = "invalid_request")]
     code: &'static str,
@@ -178,8 +193,14 @@ pub(crate) struct ErrorDetail {
     message: String,
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
+impl AppError {
+    /// The envelope of this error, as bytes are sent (an idempotent create
+    /// keeps the `409` it answered).
+    pub(crate) fn envelope_json(&self) -> String {
+        serde_json::to_string(&self.envelope()).unwrap_or_default()
+    }
+
+    fn envelope(&self) -> ErrorEnvelope {
         let details = match &self {
             Self::InvalidRequest { details, .. } => details
                 .iter()
@@ -190,14 +211,19 @@ impl IntoResponse for AppError {
                 .collect(),
             _ => Vec::new(),
         };
-        let envelope = ErrorEnvelope {
+        ErrorEnvelope {
             error: ErrorBody {
                 code: self.code(),
                 message: self.to_string(),
                 details,
             },
-        };
-        let mut response = (self.status(), Json(envelope)).into_response();
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.envelope())).into_response();
         let headers = response.headers_mut();
         match &self {
             Self::Unauthorized => {
@@ -205,6 +231,9 @@ impl IntoResponse for AppError {
             }
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::IdempotencyInProgress => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(1_u64));
             }
             _ => {}
         }

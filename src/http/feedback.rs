@@ -2,10 +2,19 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, ETAG};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+
+use super::conditional::{
+    Condition, IDEMPOTENT_REPLAYED, IF_MATCH, IF_NONE_MATCH, IdempotencyKey, IdempotencyKeyHeader,
+    IfMatchHeader, IfNoneMatchHeader, etag, etag_value,
+};
+use super::error::ErrorEnvelope;
 
 use super::extract::{ApiJson, EntryParams, KindParam};
 use super::openapi::{
@@ -14,10 +23,10 @@ use super::openapi::{
 use super::{AppError, AppState, Result};
 use crate::auth::Caller;
 use crate::feedback::{
-    Description, Feedback, FeedbackChanges, FeedbackKey, FieldError, ModelName, NewFeedback,
-    OutputId, OutputKind, Patch, Rating,
+    Description, EndUserId, Feedback, FeedbackChanges, FeedbackKey, FieldError, ModelName,
+    NewFeedback, OutputId, OutputKind, Patch, Rating, Scope,
 };
-use crate::store::{Insertion, Update};
+use crate::store::{Actor, IdempotentCreate, IdempotentRequest, Insertion, KeptResponse, Update};
 use crate::telemetry::{FEEDBACK_CREATED, FEEDBACK_UPDATED};
 
 /// A new feedback entry (the body of create).
@@ -172,84 +181,214 @@ impl From<Feedback> for FeedbackResponse {
     }
 }
 
-/// `POST /api/v1/llm/feedback/{kind}`: records feedback once per output.
+/// `POST /api/v1/llm/feedback/{kind}`: records feedback once per output;
+/// with `Idempotency-Key`, a retry gets the first outcome again.
 #[utoipa::path(
     post,
     path = "/llm/feedback/{kind}",
     tag = "feedback",
     summary = "Create feedback for an output",
-    params(KindPath, OnBehalfOf),
+    params(KindPath, OnBehalfOf, IdempotencyKeyHeader),
     request_body = CreateFeedbackBody,
     security(("bearer" = []), ("feedback_token" = [])),
-    responses((status = 201, description = "Created", body = FeedbackResponse))
+    responses(
+        (status = 201, description = "Created (or, with `Idempotent-Replayed: true`, the kept outcome of the same request)", body = FeedbackResponse,
+         headers(("ETag" = String, description = "The entry's revision tag"))),
+        (status = 409, description = "Feedback for this output already exists, or `idempotency_in_progress` (with `Retry-After: 1`)", body = ErrorEnvelope),
+        (status = 422, description = "`idempotency_key_reused`: the key was used with a different request", body = ErrorEnvelope),
+    )
 )]
 pub(crate) async fn create_feedback(
     State(app): State<AppState>,
     caller: Caller,
     KindParam(kind): KindParam,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateFeedbackBody>,
-) -> Result<(StatusCode, Json<FeedbackResponse>)> {
+) -> Result<Response> {
+    let idempotency_key = IdempotencyKey::from_headers(&headers)?;
     let new = body.parse(kind)?;
     // The output is known only now: a token may create only its own.
     caller.authorize_output(&new.key)?;
-    let Insertion::Inserted(entry) = app.store.insert_feedback(&caller.scope(), &new).await? else {
-        return Err(AppError::Conflict);
+    let scope = caller.scope();
+    let actor = actor(&caller);
+    let Some(key) = idempotency_key else {
+        let Insertion::Inserted(entry) = app.store.insert_feedback(&scope, &new, &actor).await?
+        else {
+            return Err(AppError::Conflict);
+        };
+        count_write(FEEDBACK_CREATED, &entry);
+        return Ok(entry_response(StatusCode::CREATED, entry));
     };
-    count_write(FEEDBACK_CREATED, &entry);
-    Ok((StatusCode::CREATED, Json(entry.into())))
+    let request = IdempotentRequest {
+        key: key.as_str(),
+        fingerprint: fingerprint(&scope, &new),
+        kept_since: Utc::now() - app.idempotency_ttl,
+    };
+    let outcome = app
+        .store
+        .insert_feedback_idempotent(&scope, &new, &actor, &request, &keep_outcome)
+        .await?;
+    match outcome {
+        IdempotentCreate::Processed(kept) => {
+            if kept.status == StatusCode::CREATED.as_u16() {
+                metrics::counter!(FEEDBACK_CREATED, "kind" => kind.as_str(),
+                    "rating" => new.rating.map_or("none", Rating::as_str))
+                .increment(1);
+            }
+            Ok(kept_response(kept, false))
+        }
+        IdempotentCreate::Replayed(kept) => Ok(kept_response(kept, true)),
+        IdempotentCreate::InProgress => Err(AppError::IdempotencyInProgress),
+        IdempotentCreate::KeyReused => Err(AppError::IdempotencyKeyReused),
+    }
 }
 
-/// `PUT /api/v1/llm/feedback/{kind}/{id}`: applies the fields present, atomically.
+/// Who writes, as the revision records it.
+pub(crate) fn actor(caller: &Caller) -> Actor {
+    if caller.output.is_some() {
+        Actor::Token(caller.key.key_id.clone())
+    } else {
+        Actor::ApiKey(caller.key.key_id.clone())
+    }
+}
+
+/// What makes two creates "the same request" (API.md, "Idempotent creates"):
+/// kind, end user and the body as parsed, hashed.
+fn fingerprint(scope: &Scope, new: &NewFeedback) -> String {
+    let parsed = serde_json::json!([
+        new.key.kind.as_str(),
+        scope.end_user.as_ref().map(EndUserId::as_str),
+        new.key.id.as_str(),
+        new.rating.map(Rating::as_str),
+        new.description.as_ref().map(Description::as_str),
+        new.model.as_ref().map(ModelName::as_str),
+    ]);
+    hex::encode(Sha256::digest(parsed.to_string().as_bytes()))
+}
+
+/// The outcome of a create as it is sent and kept: `201` + entry, or `409`.
+fn keep_outcome(insertion: &Insertion) -> KeptResponse {
+    match insertion {
+        Insertion::Inserted(entry) => KeptResponse {
+            status: StatusCode::CREATED.as_u16(),
+            body: entry_json(entry.clone()),
+            etag: Some(etag(entry.revision)),
+        },
+        Insertion::AlreadyExists => KeptResponse {
+            status: StatusCode::CONFLICT.as_u16(),
+            body: AppError::Conflict.envelope_json(),
+            etag: None,
+        },
+    }
+}
+
+/// A kept outcome as a response, exactly its bytes.
+fn kept_response(kept: KeptResponse, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(kept.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, [(CONTENT_TYPE, "application/json")], kept.body).into_response();
+    let headers = response.headers_mut();
+    if let Some(tag) = kept.etag.and_then(|tag| HeaderValue::from_str(&tag).ok()) {
+        headers.insert(ETAG, tag);
+    }
+    if replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn entry_json(entry: Feedback) -> String {
+    serde_json::to_string(&FeedbackResponse::from(entry)).unwrap_or_default()
+}
+
+/// An entry answer: its JSON and its `ETag`.
+fn entry_response(status: StatusCode, entry: Feedback) -> Response {
+    let tag = etag_value(entry.revision);
+    let mut response = (status, Json(FeedbackResponse::from(entry))).into_response();
+    response.headers_mut().insert(ETAG, tag);
+    response
+}
+
+/// `PUT /api/v1/llm/feedback/{kind}/{id}`: applies the fields present,
+/// atomically; with `If-Match`, only to the revision it names.
 #[utoipa::path(
     put,
     path = "/llm/feedback/{kind}/{id}",
     tag = "feedback",
     summary = "Update feedback: absent fields stay, null clears, a value replaces",
-    params(EntryPath, OnBehalfOf),
+    params(EntryPath, OnBehalfOf, IfMatchHeader),
     request_body = UpdateFeedbackBody,
     security(("bearer" = []), ("feedback_token" = [])),
-    responses((status = 200, description = "Updated", body = FeedbackResponse))
+    responses(
+        (status = 200, description = "Updated", body = FeedbackResponse,
+         headers(("ETag" = String, description = "The entry's revision tag"))),
+        (status = 412, description = "`If-Match` does not match the current `ETag`; nothing changed", body = ErrorEnvelope),
+    )
 )]
 pub(crate) async fn update_feedback(
     State(app): State<AppState>,
     caller: Caller,
     EntryParams(key): EntryParams,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<UpdateFeedbackBody>,
-) -> Result<Json<FeedbackResponse>> {
+) -> Result<Response> {
+    let expected = Condition::from_headers(&headers, IF_MATCH)?;
     let changes = FeedbackChanges::try_from(body)?;
+    let expected = expected.map(|condition| condition.accepted_revisions());
+    // `If-Match: *` asks only that the entry exists, as every update does.
+    let expected = expected.flatten();
     let entry = match app
         .store
-        .update_feedback(&caller.scope(), &key, &changes)
+        .update_feedback(
+            &caller.scope(),
+            &key,
+            &changes,
+            &actor(&caller),
+            expected.as_deref(),
+        )
         .await?
     {
         Update::Updated(entry) => entry,
         Update::NotFound => return Err(AppError::NotFound(NO_SUCH_ENTRY)),
+        Update::PreconditionFailed => return Err(AppError::PreconditionFailed),
     };
     count_write(FEEDBACK_UPDATED, &entry);
-    Ok(Json(entry.into()))
+    Ok(entry_response(StatusCode::OK, entry))
 }
 
-/// `GET /api/v1/llm/feedback/{kind}/{id}`.
+/// `GET /api/v1/llm/feedback/{kind}/{id}`; `304` when `If-None-Match` matches.
 #[utoipa::path(
     get,
     path = "/llm/feedback/{kind}/{id}",
     tag = "feedback",
     summary = "Get feedback",
-    params(EntryPath, OnBehalfOf),
+    params(EntryPath, OnBehalfOf, IfNoneMatchHeader),
     security(("bearer" = []), ("feedback_token" = [])),
-    responses((status = 200, description = "The entry", body = FeedbackResponse))
+    responses(
+        (status = 200, description = "The entry", body = FeedbackResponse,
+         headers(("ETag" = String, description = "The entry's revision tag"))),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag`"),
+    )
 )]
 pub(crate) async fn get_feedback(
     State(app): State<AppState>,
     caller: Caller,
     EntryParams(key): EntryParams,
-) -> Result<Json<FeedbackResponse>> {
+    headers: HeaderMap,
+) -> Result<Response> {
+    let condition = Condition::from_headers(&headers, IF_NONE_MATCH)?;
     let entry = app
         .store
         .find_feedback(&caller.scope(), &key)
         .await?
         .ok_or(AppError::NotFound(NO_SUCH_ENTRY))?;
-    Ok(Json(entry.into()))
+    if condition.is_some_and(|condition| condition.matches_weakly(entry.revision)) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(ETAG, etag_value(entry.revision))],
+        )
+            .into_response());
+    }
+    Ok(entry_response(StatusCode::OK, entry))
 }
 
 /// `GET /api/v1/llm/feedback/{kind}/batch`: the entry named `batch` (only
@@ -259,16 +398,20 @@ pub(crate) async fn get_feedback(
     path = "/llm/feedback/{kind}/batch",
     tag = "feedback",
     summary = "Get the entry whose id is `batch`",
-    params(KindPath, OnBehalfOf),
+    params(KindPath, OnBehalfOf, IfNoneMatchHeader),
     security(("bearer" = []), ("feedback_token" = [])),
-    responses((status = 200, description = "The entry", body = FeedbackResponse))
+    responses(
+        (status = 200, description = "The entry", body = FeedbackResponse),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag`"),
+    )
 )]
 pub(crate) async fn get_feedback_named_batch(
     state: State<AppState>,
     caller: Caller,
     key: EntryParams,
-) -> Result<Json<FeedbackResponse>> {
-    get_feedback(state, caller, key).await
+    headers: HeaderMap,
+) -> Result<Response> {
+    get_feedback(state, caller, key, headers).await
 }
 
 /// `PUT /api/v1/llm/feedback/{kind}/batch`: updates the entry named `batch`.
@@ -277,21 +420,25 @@ pub(crate) async fn get_feedback_named_batch(
     path = "/llm/feedback/{kind}/batch",
     tag = "feedback",
     summary = "Update the entry whose id is `batch`",
-    params(KindPath, OnBehalfOf),
+    params(KindPath, OnBehalfOf, IfMatchHeader),
     request_body = UpdateFeedbackBody,
     security(("bearer" = []), ("feedback_token" = [])),
-    responses((status = 200, description = "Updated", body = FeedbackResponse))
+    responses(
+        (status = 200, description = "Updated", body = FeedbackResponse),
+        (status = 412, description = "`If-Match` does not match the current `ETag`; nothing changed", body = ErrorEnvelope),
+    )
 )]
 pub(crate) async fn update_feedback_named_batch(
     state: State<AppState>,
     caller: Caller,
     key: EntryParams,
+    headers: HeaderMap,
     body: ApiJson<UpdateFeedbackBody>,
-) -> Result<Json<FeedbackResponse>> {
-    update_feedback(state, caller, key, body).await
+) -> Result<Response> {
+    update_feedback(state, caller, key, headers, body).await
 }
 
-const NO_SUCH_ENTRY: &str = "no feedback for this output";
+pub(crate) const NO_SUCH_ENTRY: &str = "no feedback for this output";
 
 /// Counts a successful write by kind and resulting rating.
 fn count_write(metric: &'static str, entry: &Feedback) {

@@ -17,8 +17,8 @@ use crate::feedback::{
 };
 
 /// Default and bounds of `limit`.
-const DEFAULT_LIMIT: u32 = 20;
-const MAX_LIMIT: u32 = 100;
+pub(crate) const DEFAULT_LIMIT: u32 = 20;
+pub(crate) const MAX_LIMIT: u32 = 100;
 /// Bounds of a batch get.
 const MAX_BATCH_IDS: usize = 100;
 
@@ -81,7 +81,7 @@ impl ListQuery {
 }
 
 /// Plain decimal digits only (no sign, no spaces), within bounds.
-fn parse_limit(raw: &str) -> Option<u32> {
+pub(crate) fn parse_limit(raw: &str) -> Option<u32> {
     if raw.is_empty() || raw.len() > 3 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

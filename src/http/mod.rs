@@ -5,11 +5,13 @@
 //! layers every request passes).
 
 mod authn;
+mod conditional;
 mod connection;
 mod error;
 mod export;
 mod extract;
 mod feedback;
+mod history;
 mod limits;
 mod list;
 mod on_response;
@@ -80,6 +82,8 @@ pub struct AppServices {
     pub(crate) readiness: ops::Readiness,
     /// The background workers' health, part of `/readyz`.
     pub(crate) workers: WorkerHealth,
+    /// How long idempotent outcomes are kept.
+    pub(crate) idempotency_ttl: std::time::Duration,
 }
 
 /// The rate limits of authenticated requests, each keyed by its credential.
@@ -100,6 +104,8 @@ pub struct HttpSettings {
     pub request_timeout: std::time::Duration,
     /// Browser origins allowed (`*` for any); empty: CORS off.
     pub cors_allowed_origins: Vec<CorsOrigin>,
+    /// How long idempotent outcomes are kept (`IDEMPOTENCY_TTL_SECS`).
+    pub idempotency_ttl: std::time::Duration,
 }
 
 /// The `/api/v1` operations, each with its OpenAPI annotation (what is
@@ -135,6 +141,27 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(requiring(
             Requirement::TenantFeedback,
             routes!(export::export_feedback),
+        ))
+        // Safe writes (issue 13): delete, history, erasure.
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(history::delete_feedback),
+        ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(history::delete_feedback_named_batch),
+        ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(history::list_revisions),
+        ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(history::list_revisions_named_batch),
+        ))
+        .routes(requiring(
+            Requirement::EraseEndUsers,
+            routes!(history::erase_end_user),
         ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(
@@ -206,6 +233,7 @@ pub fn router(
         openapi_json: openapi_document().to_string().into(),
         readiness: ops::Readiness::default(),
         workers,
+        idempotency_ttl: settings.idempotency_ttl,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     // Layers of the API router, outermost first (fallbacks included, so
@@ -271,15 +299,20 @@ fn cors_layer(origins: &[CorsOrigin]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow_origin)
-            .allow_methods([Method::GET, Method::POST, Method::PUT])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 HeaderName::from_static("x-on-behalf-of"),
                 HeaderName::from_static("x-request-id"),
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("idempotency-key"),
             ])
             .expose_headers([
                 HeaderName::from_static("x-request-id"),
+                header::ETAG,
+                HeaderName::from_static("idempotent-replayed"),
                 HeaderName::from_static("x-export-truncated"),
                 header::RETRY_AFTER,
                 header::CONTENT_DISPOSITION,

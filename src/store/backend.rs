@@ -11,11 +11,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::pool::Pool;
-use super::sql::{self, Dialect, scoped_query};
+use super::sql::{self, Dialect, HistoryDialect, scoped_query};
+use super::writes::{KeptRow, RevisionRow};
 use super::{
-    ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, FeedbackRow, FeedbackStore, Insertion,
-    KeyInsertion, KeyStore, NewApiKey, PoolStats, Revocation, Store, StoreResult, Timestamp,
-    Update, into_active_keys, into_page, into_position,
+    ActiveApiKey, Actor, ApiKeyRecord, ApiKeyRow, ChangeParams, Deletion, Erasure, Expected,
+    FeedbackRow, FeedbackStore, IdempotentCreate, IdempotentRequest, Insertion, KeptResponse,
+    KeyInsertion, KeyStore, NewApiKey, PoolStats, Revision, Revocation, Store, StoreResult,
+    Timestamp, Update, into_active_keys, into_page, into_position,
 };
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
@@ -25,15 +27,11 @@ use crate::feedback::{
 /// What one database adds to the shared implementation.
 pub(super) trait Backend: Send + Sync + 'static {
     /// The sqlx database, with its dialect.
-    type Database: Dialect<Connection = Self::Connection>;
+    type Database: Dialect + HistoryDialect<Connection = Self::Connection>;
     /// Its connection type.
     type Connection: sqlx::Connection<Database = Self::Database> + 'static;
     /// The output ids of a batch lookup as `FIND_FEEDBACK_BATCH` binds `$3`.
     type OutputIds<'a>: sqlx::Encode<'a, Self::Database> + sqlx::Type<Self::Database> + Send + 'a;
-
-    /// Whether a write's `returning` rows are read to the end (SQLite, see
-    /// sqlite.rs) rather than up to the first.
-    const READS_WRITES_TO_END: bool;
 
     /// Where reads run.
     fn readers(&self) -> &Pool<Self::Connection>;
@@ -57,6 +55,11 @@ pub(super) trait Backend: Send + Sync + 'static {
 
     /// Closes every connection (checkpointing where the database has one).
     fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// After an erasure: moves what the database still holds of deleted rows
+    /// out of side files (SQLite: checkpoints the WAL into the file, where
+    /// `secure_delete` has zeroed them).
+    fn scrub(&self) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 /// Implements store traits for every [`Backend`], under the one set of
@@ -76,6 +79,11 @@ macro_rules! for_every_backend {
             for<'q> bool: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
             for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
             for<'q> Timestamp: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+            for<'q> Option<Timestamp>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+            for<'q> Option<String>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+            for<'r> RevisionRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> KeptRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> (i64, Option<String>): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> FeedbackRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> ApiKeyRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
@@ -87,45 +95,148 @@ macro_rules! for_every_backend {
     )*};
 }
 
-/// Runs a write that returns at most one entry on the writer.
-async fn write_one<'q, B>(
-    backend: &B,
-    write: sqlx::query::QueryAs<
-        'q,
-        B::Database,
-        FeedbackRow,
-        <B::Database as sqlx::Database>::Arguments<'q>,
-    >,
-) -> StoreResult<Option<Feedback>>
-where
-    B: Backend,
-    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
-    <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
-    for<'r> FeedbackRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
-{
-    let row = if B::READS_WRITES_TO_END {
-        run!(backend.writer(), |conn| write.fetch_all(conn))?.pop()
-    } else {
-        run!(backend.writer(), |conn| write.fetch_optional(conn))?
-    };
-    row.map(Feedback::try_from).transpose()
+/// Records the revision an entry write left (`$entry`: the entry's row as
+/// written, a `Feedback`), on `$tx`, in the write's transaction.
+macro_rules! record_revision {
+    ($tx:ident, $tenant:expr, $entry:expr, $actor:expr) => {{
+        let entry: &Feedback = $entry;
+        sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
+            .bind($tenant)
+            .bind(entry.kind.as_str())
+            .bind(entry.id.as_str())
+            .bind(entry.revision)
+            .bind(entry.end_user.as_ref().map(EndUserId::as_str))
+            .bind(entry.rating.map(Rating::as_str))
+            .bind(entry.description.as_ref().map(Description::as_str))
+            .bind(false)
+            .bind($actor.kind())
+            .bind($actor.key_id())
+            .bind(Some(Timestamp(entry.updated_at)))
+            .execute(&mut **$tx)
+            .await?;
+    }};
+}
+
+/// The create of `insert_feedback`, on `$tx`: the entry and its revision.
+macro_rules! insert_in {
+    ($tx:ident, $scope:expr, $new:expr, $actor:expr) => {{
+        let (scope, new): (&Scope, &NewFeedback) = ($scope, $new);
+        let mut rows: Vec<FeedbackRow> = sqlx::query_as(<B::Database as Dialect>::INSERT_FEEDBACK)
+            .bind(scope.tenant.as_str())
+            .bind(new.key.kind.as_str())
+            .bind(new.key.id.as_str())
+            .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+            .bind(new.rating.map(Rating::as_str))
+            .bind(new.description.as_ref().map(Description::as_str))
+            .bind(new.model.as_ref().map(ModelName::as_str))
+            .fetch_all(&mut **$tx)
+            .await?;
+        match rows.pop().map(Feedback::try_from).transpose() {
+            Ok(Some(entry)) => {
+                record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
+                Ok(Insertion::Inserted(entry))
+            }
+            Ok(None) => Ok(Insertion::AlreadyExists),
+            Err(err) => Err(err),
+        }
+    }};
+}
+
+/// `expected` as the JSON array the conditional statements bind.
+fn expected_json(expected: Expected<'_>) -> Option<String> {
+    expected.map(|revisions| {
+        let listed: Vec<String> = revisions.iter().map(ToString::to_string).collect();
+        format!("[{}]", listed.join(","))
+    })
 }
 
 for_every_backend! {
     impl FeedbackStore {
-        async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion> {
-            // One statement: of concurrent creates of one key exactly one
-            // inserts, the others see the conflict and get no row back.
-            let write = sqlx::query_as(<B::Database as Dialect>::INSERT_FEEDBACK)
-                .bind(scope.tenant.as_str())
-                .bind(new.key.kind.as_str())
-                .bind(new.key.id.as_str())
-                .bind(scope.end_user.as_ref().map(EndUserId::as_str))
-                .bind(new.rating.map(Rating::as_str))
-                .bind(new.description.as_ref().map(Description::as_str))
-                .bind(new.model.as_ref().map(ModelName::as_str));
-            let row = write_one(self, write).await?;
-            Ok(row.map_or(Insertion::AlreadyExists, Insertion::Inserted))
+        async fn insert_feedback(
+            &self,
+            scope: &Scope,
+            new: &NewFeedback,
+            actor: &Actor,
+        ) -> StoreResult<Insertion> {
+            // Of concurrent creates of one key exactly one inserts (the
+            // statement's `on conflict`), the others see the conflict and get
+            // no row back; the revision commits with the entry.
+            let outcome: StoreResult<Insertion> =
+                transaction!(self.writer(), |tx| { insert_in!(tx, scope, new, actor) })?;
+            outcome
+        }
+
+        async fn insert_feedback_idempotent(
+            &self,
+            scope: &Scope,
+            new: &NewFeedback,
+            actor: &Actor,
+            request: &IdempotentRequest<'_>,
+            render: &(dyn for<'e> Fn(&'e Insertion) -> KeptResponse + Send + Sync),
+        ) -> StoreResult<IdempotentCreate> {
+            let tenant = scope.tenant.as_str();
+            let outcome: StoreResult<IdempotentCreate> = transaction!(self.writer(), |tx| {
+                // PostgreSQL: a transaction-scoped advisory lock on the key,
+                // so that a replica seeing it held answers "in progress" at
+                // once; SQLite's one writer is always alone.
+                let (free,): (i64,) =
+                    sqlx::query_as(<B::Database as HistoryDialect>::TRY_LOCK_IDEMPOTENCY_KEY)
+                        .bind(tenant)
+                        .bind(request.key)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                if free == 0 {
+                    Ok(IdempotentCreate::InProgress)
+                } else {
+                    let kept: Option<KeptRow> = sqlx::query_as(sql::FIND_IDEMPOTENCY_KEY)
+                        .bind(tenant)
+                        .bind(request.key)
+                        .bind(Timestamp(request.kept_since))
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    match kept {
+                        Some(kept) if kept.live => {
+                            if kept.fingerprint == request.fingerprint {
+                                Ok(IdempotentCreate::Replayed(KeptResponse {
+                                    status: u16::try_from(kept.status).unwrap_or(500),
+                                    body: kept.body,
+                                    etag: kept.etag,
+                                }))
+                            } else {
+                                Ok(IdempotentCreate::KeyReused)
+                            }
+                        }
+                        expired => {
+                            if expired.is_some() {
+                                sqlx::query(sql::FORGET_IDEMPOTENCY_KEY)
+                                    .bind(tenant)
+                                    .bind(request.key)
+                                    .execute(&mut **tx)
+                                    .await?;
+                            }
+                            let insertion: StoreResult<Insertion> = insert_in!(tx, scope, new, actor);
+                            match insertion {
+                                Ok(insertion) => {
+                                    let response = render(&insertion);
+                                    sqlx::query(<B::Database as HistoryDialect>::KEEP_IDEMPOTENCY_KEY)
+                                        .bind(tenant)
+                                        .bind(request.key)
+                                        .bind(request.fingerprint.as_str())
+                                        .bind(i64::from(response.status))
+                                        .bind(response.body.as_str())
+                                        .bind(response.etag.as_deref())
+                                        .bind(scope.end_user.as_ref().map(EndUserId::as_str))
+                                        .execute(&mut **tx)
+                                        .await?;
+                                    Ok(IdempotentCreate::Processed(response))
+                                }
+                                Err(err) => Err(err),
+                            }
+                        }
+                    }
+                }
+            })?;
+            outcome
         }
 
         async fn update_feedback(
@@ -133,18 +244,198 @@ for_every_backend! {
             scope: &Scope,
             key: &FeedbackKey,
             changes: &FeedbackChanges,
+            actor: &Actor,
+            expected: Expected<'_>,
         ) -> StoreResult<Update> {
             // One statement, each column written only when its field was
-            // present: the row lock makes concurrent updates of different
-            // fields compose.
+            // present and only at an expected revision: the row lock makes
+            // concurrent updates compose, and of concurrent updates naming
+            // one revision exactly one matches. The revision row commits with it.
             let params = ChangeParams::from(changes);
-            let write = scoped_query(<B::Database as Dialect>::UPDATE_FEEDBACK, scope, key)
+            let expected = expected_json(expected);
+            let conditional = expected.is_some();
+            let outcome: StoreResult<Update> = transaction!(self.writer(), |tx| {
+                let mut rows: Vec<FeedbackRow> = scoped_query(
+                    <B::Database as HistoryDialect>::UPDATE_FEEDBACK_IF,
+                    scope,
+                    key,
+                )
                 .bind(params.set_rating)
                 .bind(params.rating)
                 .bind(params.set_description)
-                .bind(params.description);
-            let row = write_one(self, write).await?;
-            Ok(row.map_or(Update::NotFound, Update::Updated))
+                .bind(params.description)
+                .bind(expected.as_deref())
+                .fetch_all(&mut **tx)
+                .await?;
+                match rows.pop().map(Feedback::try_from).transpose() {
+                    Ok(Some(entry)) => {
+                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
+                        Ok(Update::Updated(entry))
+                    }
+                    Ok(None) if conditional => {
+                        let (exists,): (i64,) = scoped_query(sql::ENTRY_EXISTS, scope, key)
+                            .fetch_one(&mut **tx)
+                            .await?;
+                        Ok(if exists == 0 { Update::NotFound } else { Update::PreconditionFailed })
+                    }
+                    Ok(None) => Ok(Update::NotFound),
+                    Err(err) => Err(err),
+                }
+            })?;
+            outcome
+        }
+
+        async fn delete_feedback(
+            &self,
+            scope: &Scope,
+            key: &FeedbackKey,
+            actor: &Actor,
+            expected: Expected<'_>,
+        ) -> StoreResult<Deletion> {
+            let expected = expected_json(expected);
+            let conditional = expected.is_some();
+            let outcome = transaction!(self.writer(), |tx| {
+                let mut rows: Vec<(i64, Option<String>)> = scoped_query(
+                    <B::Database as HistoryDialect>::DELETE_FEEDBACK_IF,
+                    scope,
+                    key,
+                )
+                .bind(expected.as_deref())
+                .fetch_all(&mut **tx)
+                .await?;
+                if let Some((revision, end_user)) = rows.pop() {
+                    sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
+                        .bind(scope.tenant.as_str())
+                        .bind(key.kind.as_str())
+                        .bind(key.id.as_str())
+                        .bind(revision + 1)
+                        .bind(end_user)
+                        .bind(None::<&str>)
+                        .bind(None::<&str>)
+                        .bind(true)
+                        .bind(actor.kind())
+                        .bind(actor.key_id())
+                        .bind(None::<Timestamp>)
+                        .execute(&mut **tx)
+                        .await?;
+                    Deletion::Deleted
+                } else if conditional {
+                    let (exists,): (i64,) = scoped_query(sql::ENTRY_EXISTS, scope, key)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if exists == 0 { Deletion::NotFound } else { Deletion::PreconditionFailed }
+                } else {
+                    Deletion::NotFound
+                }
+            })?;
+            Ok(outcome)
+        }
+
+        async fn list_revisions(
+            &self,
+            scope: &Scope,
+            key: &FeedbackKey,
+            after: i64,
+            limit: u32,
+        ) -> StoreResult<Option<Vec<Revision>>> {
+            let query = scoped_query::<_, RevisionRow>(sql::LIST_REVISIONS, scope, key)
+                .bind(after)
+                .bind(i64::from(limit));
+            let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
+            if rows.is_empty() {
+                let query = scoped_query::<_, (i64,)>(sql::HAS_REVISIONS, scope, key);
+                let (any,) = run!(self.readers(), |conn| query.fetch_one(conn))?;
+                if any == 0 {
+                    return Ok(None);
+                }
+            }
+            rows.into_iter()
+                .map(Revision::try_from)
+                .collect::<StoreResult<Vec<_>>>()
+                .map(Some)
+        }
+
+        async fn erase_end_user(
+            &self,
+            tenant: &TenantId,
+            end_user: &EndUserId,
+        ) -> StoreResult<Erasure> {
+            // One transaction: a table that later holds an end user's text
+            // (an outbox, webhook payloads) adds its statement here.
+            let erasure = transaction!(self.writer(), |tx| {
+                let kinds: Vec<(String,)> = sqlx::query_as(sql::ERASE_ENTRIES)
+                    .bind(tenant.as_str())
+                    .bind(end_user.as_str())
+                    .fetch_all(&mut **tx)
+                    .await?;
+                for statement in [sql::ERASE_REVISIONS, sql::ERASE_IDEMPOTENCY_KEYS] {
+                    sqlx::query(statement)
+                        .bind(tenant.as_str())
+                        .bind(end_user.as_str())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                let mut erasure = Erasure::default();
+                for (kind,) in kinds {
+                    match OutputKind::parse(&kind) {
+                        Some(OutputKind::Completions) => erasure.completions += 1,
+                        Some(OutputKind::Responses) => erasure.responses += 1,
+                        None => {}
+                    }
+                }
+                erasure
+            })?;
+            self.scrub().await?;
+            Ok(erasure)
+        }
+
+        async fn purge_idempotency_keys(
+            &self,
+            before: DateTime<Utc>,
+            batch: u32,
+        ) -> StoreResult<u64> {
+            let write = sqlx::query(sql::PURGE_IDEMPOTENCY_KEYS)
+                .bind(Timestamp(before))
+                .bind(i64::from(batch));
+            let result = run!(self.writer(), |conn| write.execute(conn))?;
+            Ok(B::rows_affected(&result))
+        }
+
+        async fn delete_expired_feedback(
+            &self,
+            before: DateTime<Utc>,
+            batch: u32,
+        ) -> StoreResult<Option<u64>> {
+            let outcome = transaction!(self.writer(), |tx| {
+                let (free,): (i64,) =
+                    sqlx::query_as(<B::Database as HistoryDialect>::TRY_LOCK_RETENTION)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                if free == 0 {
+                    None
+                } else {
+                    let expired: Vec<(String, String, String)> = sqlx::query_as(sql::EXPIRE_ENTRIES)
+                        .bind(Timestamp(before))
+                        .bind(i64::from(batch))
+                        .fetch_all(&mut **tx)
+                        .await?;
+                    for (tenant, kind, output_id) in &expired {
+                        sqlx::query(sql::EXPIRE_REVISIONS)
+                            .bind(tenant.as_str())
+                            .bind(kind.as_str())
+                            .bind(output_id.as_str())
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    let orphans = sqlx::query(sql::EXPIRE_ORPHAN_REVISIONS)
+                        .bind(Timestamp(before))
+                        .bind(i64::from(batch))
+                        .execute(&mut **tx)
+                        .await?;
+                    Some(expired.len() as u64 + B::rows_affected(&orphans))
+                }
+            })?;
+            Ok(outcome)
         }
 
         async fn find_feedback(

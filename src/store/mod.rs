@@ -60,6 +60,7 @@ mod pool;
 mod postgres;
 mod sql;
 mod sqlite;
+mod writes;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -76,6 +77,9 @@ use crate::feedback::{
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use writes::{
+    Actor, Deletion, Erasure, Expected, IdempotentCreate, IdempotentRequest, KeptResponse, Revision,
+};
 
 /// What can go wrong in a store, in storage terms.
 #[derive(Debug, thiserror::Error)]
@@ -219,8 +223,9 @@ pub enum Update {
     Updated(Feedback),
     /// No entry is visible in scope under that key: nothing was changed.
     NotFound,
-    // Conditional writes (`If-Match`, issue 13) add `PreconditionFailed`
-    // here: the entry exists but is not the version the caller names.
+    /// The entry exists but not at a revision the caller named (`If-Match`):
+    /// nothing was changed.
+    PreconditionFailed,
 }
 
 /// What storing a new API key did.
@@ -260,16 +265,74 @@ pub trait Store: FeedbackStore + KeyStore + Send + Sync + 'static {
 /// Feedback entries, always within a caller's [`Scope`].
 #[async_trait]
 pub trait FeedbackStore: Send + Sync {
-    /// Creates an entry, unless `(tenant, kind, id)` already exists.
-    async fn insert_feedback(&self, scope: &Scope, new: &NewFeedback) -> StoreResult<Insertion>;
+    /// Creates an entry, unless `(tenant, kind, id)` already exists, and
+    /// records its revision in the same transaction.
+    async fn insert_feedback(
+        &self,
+        scope: &Scope,
+        new: &NewFeedback,
+        actor: &Actor,
+    ) -> StoreResult<Insertion>;
 
-    /// Applies the changes atomically to the entry visible in scope.
+    /// A create with an `Idempotency-Key`: the kept outcome, or the create
+    /// and its outcome (`render`ed) kept in the same transaction.
+    async fn insert_feedback_idempotent(
+        &self,
+        scope: &Scope,
+        new: &NewFeedback,
+        actor: &Actor,
+        request: &IdempotentRequest<'_>,
+        render: &(dyn for<'e> Fn(&'e Insertion) -> KeptResponse + Send + Sync),
+    ) -> StoreResult<IdempotentCreate>;
+
+    /// Applies the changes atomically to the entry visible in scope, if it
+    /// is at one of the `expected` revisions, and records the revision.
     async fn update_feedback(
         &self,
         scope: &Scope,
         key: &FeedbackKey,
         changes: &FeedbackChanges,
+        actor: &Actor,
+        expected: Expected<'_>,
     ) -> StoreResult<Update>;
+
+    /// Deletes the entry visible in scope, if it is at one of the `expected`
+    /// revisions, and records a `deleted` revision, in one transaction.
+    async fn delete_feedback(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+        actor: &Actor,
+        expected: Expected<'_>,
+    ) -> StoreResult<Deletion>;
+
+    /// The history of the entry in scope (also once deleted), oldest first,
+    /// after revision `after`, at most `limit`; `None`: no such history.
+    async fn list_revisions(
+        &self,
+        scope: &Scope,
+        key: &FeedbackKey,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<Revision>>>;
+
+    /// Erases everything the tenant holds about one end user (entries,
+    /// revisions, kept outcomes), in one transaction: every table holding an
+    /// end user's text joins this one method.
+    async fn erase_end_user(&self, tenant: &TenantId, end_user: &EndUserId)
+    -> StoreResult<Erasure>;
+
+    /// Forgets at most `batch` idempotent outcomes kept before `before`.
+    async fn purge_idempotency_keys(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64>;
+
+    /// Deletes at most `batch` entries created before `before`, with their
+    /// histories (and histories of deleted entries recorded before it), in
+    /// one transaction; `None`: another replica is doing it now.
+    async fn delete_expired_feedback(
+        &self,
+        before: DateTime<Utc>,
+        batch: u32,
+    ) -> StoreResult<Option<u64>>;
 
     /// The entry visible in scope under that key.
     async fn find_feedback(
@@ -444,6 +507,7 @@ struct FeedbackRow {
     end_user: Option<String>,
     created_at: Timestamp,
     updated_at: Timestamp,
+    revision: i64,
 }
 
 impl FeedbackRow {
@@ -494,6 +558,7 @@ impl TryFrom<FeedbackRow> for Feedback {
                 .map_err(corrupt)?,
             created_at: row.created_at.0,
             updated_at: row.updated_at.0,
+            revision: row.revision,
         })
     }
 }

@@ -8,7 +8,7 @@
 /// The columns of a feedback entry, as `FeedbackRow` reads them.
 macro_rules! feedback_columns {
     () => {
-        "seq, output_id, kind, rating, description, model, end_user, created_at, updated_at"
+        "seq, output_id, kind, rating, description, model, end_user, created_at, updated_at, revision"
     };
 }
 
@@ -222,9 +222,6 @@ pub(super) trait Dialect: sqlx::Database {
     /// Creates entry `($2, $3)` of tenant `$1` for end user `$4` with rating
     /// `$5`, description `$6`, model `$7`, unless its key exists; returns it.
     const INSERT_FEEDBACK: &'static str;
-    /// Sets rating `$6` if `$5`, description `$8` if `$7`, of the entry in
-    /// scope (see `in_scope!`); returns it.
-    const UPDATE_FEEDBACK: &'static str;
     /// The entries in scope of kind `$2` among the output ids `$3`.
     const FIND_FEEDBACK_BATCH: &'static str;
     /// Stores key `$1` of tenant `$2`, named `$3`, prefix `$4`, hash `$5`,
@@ -237,14 +234,12 @@ pub(super) trait Dialect: sqlx::Database {
 /// Writes `impl Dialect` for one database from its fragments:
 ///
 /// - `clock`: now, truncated to the millisecond, as a timestamp column holds it;
-/// - `greatest`: the larger of two values (a scalar function);
 /// - `position`: the `with` clause before a create and the table it selects
 ///   its `created_at` from (`position.created_at`);
 /// - `in_output_ids`: the condition that `output_id` is among `$3`.
 macro_rules! dialect {
     ($database:ty {
         clock: $clock:expr,
-        greatest: $greatest:expr,
         position: ($position_with:expr, $position_from:expr),
         in_output_ids: $in_output_ids:expr $(,)?
     }) => {
@@ -252,25 +247,16 @@ macro_rules! dialect {
             const INSERT_FEEDBACK: &'static str = concat!(
                 $position_with,
                 "insert into feedback
-                     (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
-                 select $1, $2, $3, $4, $5, $6, $7, position.created_at, position.created_at
+                     (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at,
+                      revision)
+                 select $1, $2, $3, $4, $5, $6, $7, position.created_at, position.created_at,
+                     -- After the last revision of the id's history: a create after a delete continues it.
+                     (select coalesce(max(revision), 0) + 1 from feedback_revisions
+                      where tenant = $1 and kind = $2 and output_id = $3)
                  from ",
                 $position_from,
                 " on conflict (tenant, kind, output_id) do nothing
                  returning ",
-                feedback_columns!()
-            );
-            const UPDATE_FEEDBACK: &'static str = concat!(
-                "update feedback set
-                     rating = case when $5 then $6 else rating end,
-                     description = case when $7 then $8 else description end,
-                     updated_at = ",
-                $greatest,
-                "(",
-                $clock,
-                ", updated_at)",
-                in_scope!(),
-                " returning ",
                 feedback_columns!()
             );
             const FIND_FEEDBACK_BATCH: &'static str = concat!(
@@ -298,7 +284,6 @@ macro_rules! dialect {
 
 dialect!(sqlx::Postgres {
     clock: "date_trunc('milliseconds', now())",
-    greatest: "greatest",
     // Announces a lower bound of the position in `pg_locks` before taking it
     // (see `settled_horizon` in postgres.rs, which decodes these locks), then
     // reads the clock again: materialized CTEs run in that order, `position`
@@ -330,7 +315,6 @@ macro_rules! sqlite_now_millis {
 
 dialect!(sqlx::Sqlite {
     clock: sqlite_now_millis!(),
-    greatest: "max",
     // The statement holds SQLite's write lock from its first step to its
     // commit, so positions follow commit order and created_at never goes
     // back within a tenant's kind, even if the clock does. (`where true`:
@@ -347,4 +331,175 @@ dialect!(sqlx::Sqlite {
     ),
     // The ids travel as one JSON array.
     in_output_ids: "in (select value from json_each($3))",
+});
+
+// Issue 13, safe writes: revisions, conditional writes, delete, erasure,
+// idempotent creates, retention.
+
+/// The columns of a revision, as `RevisionRow` reads them.
+macro_rules! revision_columns {
+    () => {
+        "revision, rating, description, deleted, actor_type, actor_key_id, end_user, recorded_at"
+    };
+}
+
+/// Records revision `$4` of entry `($2, $3)` of tenant `$1`: end user `$5`,
+/// rating `$6`, description `$7`, deleted `$8`, actor `$9` (key `$10`), at
+/// `$11`, or now when `$11` is null (`HistoryDialect::INSERT_REVISION`).
+macro_rules! insert_revision {
+    ($clock:expr) => {
+        concat!(
+            "insert into feedback_revisions (tenant, kind, output_id, revision, end_user, rating,
+                 description, deleted, actor_type, actor_key_id, recorded_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, ",
+            $clock,
+            "))"
+        )
+    };
+}
+
+/// Revisions of the entry in scope (see `in_scope!`) after revision `$5`,
+/// oldest first, at most `$6`.
+pub(super) const LIST_REVISIONS: &str = concat!(
+    "select ",
+    revision_columns!(),
+    " from feedback_revisions",
+    in_scope!(),
+    " and revision > $5 order by revision limit $6"
+);
+/// Whether the entry in scope has any revision (a page past its end is empty).
+pub(super) const HAS_REVISIONS: &str = concat!(
+    "select count(*) from (select 1 from feedback_revisions",
+    in_scope!(),
+    " limit 1) as any_revision"
+);
+/// Whether the entry in scope exists (after a conditional write changed nothing).
+pub(super) const ENTRY_EXISTS: &str = concat!("select count(*) from feedback", in_scope!());
+/// Erasure: the entries of tenant `$1` recorded for end user `$2`, their kinds.
+pub(super) const ERASE_ENTRIES: &str =
+    "delete from feedback where tenant = $1 and end_user = $2 returning kind";
+/// Erasure: every revision recorded for end user `$2` of tenant `$1`.
+pub(super) const ERASE_REVISIONS: &str =
+    "delete from feedback_revisions where tenant = $1 and end_user = $2";
+/// Erasure: every kept idempotent outcome of end user `$2` of tenant `$1`.
+pub(super) const ERASE_IDEMPOTENCY_KEYS: &str =
+    "delete from idempotency_keys where tenant = $1 and end_user = $2";
+/// The kept outcome under key `$2` of tenant `$1`, if kept since `$3`.
+pub(super) const FIND_IDEMPOTENCY_KEY: &str =
+    "select fingerprint, status, body, etag, created_at >= $3 as live
+     from idempotency_keys where tenant = $1 and idempotency_key = $2";
+/// Forgets the (expired) outcome under key `$2` of tenant `$1`.
+pub(super) const FORGET_IDEMPOTENCY_KEY: &str =
+    "delete from idempotency_keys where tenant = $1 and idempotency_key = $2";
+/// Purges at most `$2` outcomes kept before `$1`.
+pub(super) const PURGE_IDEMPOTENCY_KEYS: &str =
+    "delete from idempotency_keys where (tenant, idempotency_key) in (
+         select tenant, idempotency_key from idempotency_keys where created_at < $1 limit $2)";
+/// Retention: at most `$2` entries created before `$1`; their keys.
+pub(super) const EXPIRE_ENTRIES: &str = "delete from feedback where seq in (
+         select seq from feedback where created_at < $1 order by created_at limit $2)
+     returning tenant, kind, output_id";
+/// Retention: the history of entry `($2, $3)` of tenant `$1`.
+pub(super) const EXPIRE_REVISIONS: &str =
+    "delete from feedback_revisions where tenant = $1 and kind = $2 and output_id = $3";
+/// Retention: at most `$2` revisions recorded before `$1` of entries that
+/// no longer exist (histories of deleted entries).
+pub(super) const EXPIRE_ORPHAN_REVISIONS: &str =
+    "delete from feedback_revisions where (tenant, kind, output_id, revision) in (
+         select r.tenant, r.kind, r.output_id, r.revision from feedback_revisions r
+         where r.recorded_at < $1 and not exists (
+             select 1 from feedback f
+             where f.tenant = r.tenant and f.kind = r.kind and f.output_id = r.output_id)
+         limit $2)";
+
+/// The statements of safe writes whose text differs between the databases.
+pub(super) trait HistoryDialect: sqlx::Database {
+    /// See `insert_revision!`.
+    const INSERT_REVISION: &'static str;
+    /// Sets rating `$6` if `$5`, description `$8` if `$7`, of the entry in
+    /// scope (see `in_scope!`), and counts its revision up, only if the
+    /// revision is among the JSON array `$9` (any when null); returns it.
+    const UPDATE_FEEDBACK_IF: &'static str;
+    /// Deletes the entry in scope if its revision is among the JSON array
+    /// `$5` (any when null); returns its revision and end user.
+    const DELETE_FEEDBACK_IF: &'static str;
+    /// `1` if this transaction may work on key `$2` of tenant `$1` (no other
+    /// one does), else `0`.
+    const TRY_LOCK_IDEMPOTENCY_KEY: &'static str;
+    /// `1` if this transaction is the one replica's retention run, else `0`.
+    const TRY_LOCK_RETENTION: &'static str;
+    /// Keeps outcome `$4` `$5` `$6` of key `$2` of tenant `$1` for end user
+    /// `$7` with fingerprint `$3`, kept from now.
+    const KEEP_IDEMPOTENCY_KEY: &'static str;
+}
+
+/// Writes `impl HistoryDialect` for one database from its fragments:
+/// `clock` and `greatest` (as in `dialect!`), `revision_in_N` (the condition that
+/// `revision` is among the JSON array bound at `$N`), the two try-locks.
+macro_rules! history_dialect {
+    ($database:ty {
+        clock: $clock:expr,
+        greatest: $greatest:expr,
+        revision_in_9: $revision_in_9:expr,
+        revision_in_5: $revision_in_5:expr,
+        try_lock_key: $try_lock_key:expr,
+        try_lock_retention: $try_lock_retention:expr $(,)?
+    }) => {
+        impl HistoryDialect for $database {
+            const INSERT_REVISION: &'static str = insert_revision!($clock);
+            const UPDATE_FEEDBACK_IF: &'static str = concat!(
+                "update feedback set
+                     rating = case when $5 then $6 else rating end,
+                     description = case when $7 then $8 else description end,
+                     revision = revision + 1,
+                     updated_at = ",
+                $greatest,
+                "(",
+                $clock,
+                ", updated_at)",
+                in_scope!(),
+                " and (cast($9 as text) is null or ",
+                $revision_in_9,
+                ") returning ",
+                feedback_columns!()
+            );
+            const DELETE_FEEDBACK_IF: &'static str = concat!(
+                "delete from feedback",
+                in_scope!(),
+                " and (cast($5 as text) is null or ",
+                $revision_in_5,
+                ") returning revision, end_user"
+            );
+            const TRY_LOCK_IDEMPOTENCY_KEY: &'static str = $try_lock_key;
+            const TRY_LOCK_RETENTION: &'static str = $try_lock_retention;
+            const KEEP_IDEMPOTENCY_KEY: &'static str = concat!(
+                "insert into idempotency_keys
+                     (tenant, idempotency_key, fingerprint, status, body, etag, end_user, created_at)
+                 values ($1, $2, $3, $4, $5, $6, $7, ",
+                $clock,
+                ")"
+            );
+        }
+    };
+}
+
+history_dialect!(sqlx::Postgres {
+    clock: "date_trunc('milliseconds', now())",
+    greatest: "greatest",
+    revision_in_9: "revision in (select value::bigint from json_array_elements_text(cast($9 as json)))",
+    revision_in_5: "revision in (select value::bigint from json_array_elements_text(cast($5 as json)))",
+    // Two-key advisory locks (objsubid 2): `settled_horizon` reads only the
+    // one-key ones. 19527 tags idempotency keys, 19528 the retention run.
+    try_lock_key: "select cast(pg_try_advisory_xact_lock(19527, hashtext($1 || ':' || $2)) as integer)::bigint",
+    try_lock_retention: "select cast(pg_try_advisory_xact_lock(19528, 0) as integer)::bigint",
+});
+
+history_dialect!(sqlx::Sqlite {
+    clock: sqlite_now_millis!(),
+    greatest: "max",
+    revision_in_9: "revision in (select value from json_each($9))",
+    revision_in_5: "revision in (select value from json_each($5))",
+    // One writer, `BEGIN IMMEDIATE`: a transaction is always alone.
+    try_lock_key: "select coalesce(1, $1, $2)",
+    try_lock_retention: "select 1",
 });

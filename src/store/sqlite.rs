@@ -60,7 +60,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted rows are overwritten with zeros, so that an erased
+            // description is gone from the file, not only unlinked.
+            .pragma("secure_delete", "on");
         let connect_error = |source| ConnectError::Connect {
             url: url.clone(),
             source,
@@ -136,9 +139,6 @@ impl Backend for SqliteStore {
     /// A JSON array: one statement for any number of ids.
     type OutputIds<'a> = String;
 
-    // `fetch_optional` would leave the WAL to grow (module documentation).
-    const READS_WRITES_TO_END: bool = true;
-
     fn readers(&self) -> &Pool<SqliteConnection> {
         &self.readers
     }
@@ -162,6 +162,16 @@ impl Backend for SqliteStore {
     /// under the write lock, in commit order.
     async fn settled_horizon(&self) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(None)
+    }
+
+    /// The WAL still holds the pages as they were before the erasure:
+    /// folds it into the (zeroed) file and truncates it.
+    async fn scrub(&self) -> StoreResult<()> {
+        run!(self.writer, |conn| sqlx::query(
+            "pragma wal_checkpoint(truncate)"
+        )
+        .execute(conn))?;
+        Ok(())
     }
 
     fn pool_stats(&self) -> Vec<PoolStats> {

@@ -244,7 +244,10 @@ async fn unknown_routes_are_404_with_the_envelope(app: TestApp) {
 
 async fn wrong_methods_on_known_paths_are_405_with_the_envelope(app: TestApp) {
     let requests = [
-        ("DELETE on an entry", app.request(Method::DELETE, ENTRY)),
+        (
+            "DELETE on the collection",
+            app.request(Method::DELETE, COLLECTION),
+        ),
         (
             "PATCH on an entry",
             app.request(Method::PATCH, ENTRY)
@@ -634,7 +637,7 @@ async fn every_response_carries_a_request_id(app: TestApp) {
             "404 fallback under /api/v1",
             app.send(app.request(Method::GET, "/api/v1/nope")).await,
         ),
-        ("405", app.send(app.request(Method::DELETE, ENTRY)).await),
+        ("405", app.send(app.request(Method::PATCH, ENTRY)).await),
         (
             "409",
             app.create("completions", json!({"id": "chatcmpl-1"})).await,

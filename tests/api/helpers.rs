@@ -189,6 +189,8 @@ pub(crate) fn test_serve_args() -> ServeArgs {
         header_read_timeout_ms: 10_000,
         idle_timeout_secs: 60,
         max_connections: 10_000,
+        idempotency_ttl_secs: 86_400,
+        retention_days: None,
     }
 }
 
@@ -247,11 +249,21 @@ pub(crate) async fn spawn_app_with_workers(
 /// Starts the application on a database the caller owns (e.g. a throwaway
 /// cluster, or one database shared by several replicas).
 pub(crate) async fn spawn_app_on(database: &DatabaseArgs) -> TestApp {
+    spawn_app_on_with(database, |_| {}).await
+}
+
+/// [`spawn_app_on`] with adjusted settings (a replica with `RETENTION_DAYS`).
+pub(crate) async fn spawn_app_on_with(
+    database: &DatabaseArgs,
+    configure: impl FnOnce(&mut ServeArgs),
+) -> TestApp {
     let backend = match database.database_url {
         DatabaseUrl::Sqlite(_) => Backend::Sqlite,
         DatabaseUrl::Postgres(_) => Backend::Postgres,
     };
-    start_app(backend, test_serve_args(), database, None, |_| {}).await
+    let mut serve = test_serve_args();
+    configure(&mut serve);
+    start_app(backend, serve, database, None, |_| {}).await
 }
 
 async fn start_app(
