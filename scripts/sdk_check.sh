@@ -7,6 +7,8 @@
 # from PyPI into its own venv, target/sdk-venv-VERSION, on first use; each
 # runs against a fresh debug binary (built if missing) on the embedded SQLite
 # store in a temp dir. Runs every version, then exits non-zero if any failed.
+# With the latest release, tests/sdk/idempotent_retry.py also shows a create
+# whose answer a proxy drops, retried by the SDK: 201 with Idempotency-Key.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -34,6 +36,12 @@ check_sdk() {
     source "$ROOT/scripts/lib/live_server.sh"
     LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" \
         "$ROOT/target/sdk-venv-$version/bin/python" "$ROOT/tests/sdk/mka1_sdk_check.py"
+    # A create whose answer is lost, retried by the SDK (issue 13): the
+    # latest release, whose calls take `http_headers=`.
+    if [[ $version == "${SDK_VERSIONS[-1]}" ]]; then
+        LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" \
+            "$ROOT/target/sdk-venv-$version/bin/python" "$ROOT/tests/sdk/idempotent_retry.py"
+    fi
 }
 
 failed=()
