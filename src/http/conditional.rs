@@ -271,7 +271,10 @@ fn unquote_sf_string(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
 pub(crate) struct IfMatchHeader {
     /// Apply only if the entry's current `ETag` is one of these (strong
     /// comparison), or `*`; else `412`.
-    #[param(rename = "If-Match")]
+    #[param(
+        rename = "If-Match",
+        pattern = r#"^(\*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t,]*)$"#
+    )]
     if_match: Option<String>,
 }
 
@@ -282,7 +285,10 @@ pub(crate) struct IfMatchHeader {
 pub(crate) struct IfNoneMatchHeader {
     /// `304` without a body when the entry's current `ETag` is one of these
     /// (weak comparison), or `*`.
-    #[param(rename = "If-None-Match")]
+    #[param(
+        rename = "If-None-Match",
+        pattern = r#"^(\*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t,]*)$"#
+    )]
     if_none_match: Option<String>,
 }
 
@@ -293,7 +299,12 @@ pub(crate) struct IfNoneMatchHeader {
 pub(crate) struct IdempotencyKeyHeader {
     /// 1 to 255 printable ASCII characters (or a structured-field string):
     /// a retry with the same key and request gets the first outcome again.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 257)]
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 512,
+        pattern = r#"^([!#-~][ -~]{0,254}|"([ !#-\[\]-~]|\\["\\]){1,255}")$"#
+    )]
     idempotency_key: Option<String>,
 }
 

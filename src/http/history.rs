@@ -184,7 +184,7 @@ pub(crate) struct RevisionList {
 pub(crate) struct RevisionParams {
     /// Continue after this revision number (the `last_id` of the previous page).
     #[param(minimum = 0)]
-    after: Option<u32>,
+    after: Option<i64>,
     /// Revisions per page.
     #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<u32>,
@@ -219,9 +219,9 @@ fn parse_revision_query(raw: Option<&str>) -> Result<(i64, u32)> {
     Ok((after, limit))
 }
 
-/// Plain decimal digits (no sign, no spaces), at most 18 of them.
+/// Plain decimal digits (no sign, no spaces) of a 64-bit integer.
 fn parse_revision_number(raw: &str) -> Option<i64> {
-    if raw.is_empty() || raw.len() > 18 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+    if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     raw.parse().ok()
