@@ -86,7 +86,8 @@ impl Condition {
     }
 
     /// `"*" / #entity-tag` (RFC 9110 §13.1.1): list elements separated by
-    /// commas and optional whitespace, empty elements allowed, at least one tag.
+    /// commas and optional whitespace, empty elements allowed (so an empty
+    /// value is an empty list, which no entry matches).
     pub(crate) fn parse(raw: &[u8]) -> Result<Self, &'static str> {
         let trimmed = trim_ows(raw);
         if trimmed == b"*" {
@@ -112,9 +113,7 @@ impl Condition {
                 }
             }
         }
-        if tags.is_empty() {
-            return Err("must be * or at least one entity tag");
-        }
+        // An empty list is valid (RFC 9110 §5.6.1): it matches nothing.
         Ok(Self::Tags(tags))
     }
 
@@ -273,7 +272,7 @@ pub(crate) struct IfMatchHeader {
     /// comparison), or `*`; else `412`.
     #[param(
         rename = "If-Match",
-        pattern = r#"^(\*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t,]*)$"#
+        pattern = r#"^(\*|[ \t,]*((W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t,]*)?)$"#
     )]
     if_match: Option<String>,
 }
@@ -287,7 +286,7 @@ pub(crate) struct IfNoneMatchHeader {
     /// (weak comparison), or `*`.
     #[param(
         rename = "If-None-Match",
-        pattern = r#"^(\*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t,]*)$"#
+        pattern = r#"^(\*|[ \t,]*((W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t,]*)?)$"#
     )]
     if_none_match: Option<String>,
 }
@@ -333,11 +332,12 @@ mod tests {
                 tag(false, "")
             ]))
         );
+        // Empty lists are valid and match nothing.
+        for empty in [&b""[..], b" ", b",", b" , ,"] {
+            assert_eq!(Condition::parse(empty), Ok(Condition::Tags(vec![])));
+        }
         for bad in [
-            &b""[..],
-            b" ",
-            b",",
-            b"r1",
+            &b"r1"[..],
             b"\"r1",
             b"\"r 1\"",
             b"w/\"r1\"",
