@@ -30,7 +30,9 @@ pub async fn purge_idempotency_keys(
     ttl: Duration,
     context: WorkerContext,
 ) -> WorkerResult {
-    every(IDEMPOTENCY_PURGE_INTERVAL, &context, || {
+    // The first purge after one interval: nothing is expired at start that
+    // cannot wait, and start-up stays light.
+    every(IDEMPOTENCY_PURGE_INTERVAL, false, &context, || {
         let store = Arc::clone(&store);
         async move {
             let before = Utc::now() - ttl;
@@ -50,7 +52,7 @@ pub async fn enforce_retention(
     days: u32,
     context: WorkerContext,
 ) -> WorkerResult {
-    every(RETENTION_INTERVAL, &context, || {
+    every(RETENTION_INTERVAL, true, &context, || {
         let store = Arc::clone(&store);
         async move {
             let before = Utc::now() - chrono::Duration::days(i64::from(days));
@@ -61,14 +63,20 @@ pub async fn enforce_retention(
 }
 
 /// Runs rounds of `batch` (rows deleted, `None`: another replica is at it)
-/// at once and then every `interval`, each round until a batch deletes
-/// fewer than [`BATCH_ROWS`], until shutdown.
-async fn every<F, Fut>(interval: Duration, context: &WorkerContext, batch: F) -> WorkerResult
+/// every `interval` (the first at once if `at_start`), each round until a
+/// batch deletes fewer than [`BATCH_ROWS`], until shutdown.
+async fn every<F, Fut>(
+    interval: Duration,
+    at_start: bool,
+    context: &WorkerContext,
+    batch: F,
+) -> WorkerResult
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Option<u64>, StoreError>>,
 {
-    let mut ticks = tokio::time::interval(interval);
+    let first = tokio::time::Instant::now() + if at_start { Duration::ZERO } else { interval };
+    let mut ticks = tokio::time::interval_at(first, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

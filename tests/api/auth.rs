@@ -261,7 +261,7 @@ fn wrong_requests(app: &TestApp) -> Vec<(&'static str, u16, reqwest::RequestBuil
         (
             "wrong method",
             405,
-            client.delete(app.url(&format!("{feedback}/completions/x"))),
+            client.patch(app.url(&format!("{feedback}/completions/x"))),
         ),
         (
             "bad JSON",
