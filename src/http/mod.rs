@@ -16,6 +16,7 @@ mod on_response;
 mod openapi;
 mod ops;
 mod serve;
+mod stats;
 mod tokens;
 mod trace;
 mod widget;
@@ -135,6 +136,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(requiring(
             Requirement::TenantFeedback,
             routes!(export::export_feedback),
+        ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(stats::feedback_stats),
         ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(

@@ -66,6 +66,7 @@ mod pool;
 mod scale_out;
 mod scoping;
 mod shutdown;
+mod stats;
 mod store_keys;
 mod timestamps;
 mod tokens;
