@@ -6,6 +6,7 @@
 
 mod authn;
 mod connection;
+mod dashboard;
 mod error;
 mod export;
 mod extract;
@@ -156,7 +157,11 @@ fn operational_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
-        .routes(routes!(widget::widget_js));
+        .routes(routes!(widget::widget_js))
+        .routes(routes!(dashboard::dashboard_html))
+        .routes(routes!(dashboard::dashboard_js))
+        .routes(routes!(dashboard::dashboard_css))
+        .routes(routes!(dashboard::dashboard_icon));
     described(routes, Surface::Operational)
 }
 
