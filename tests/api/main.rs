@@ -52,6 +52,7 @@ mod cluster;
 mod concurrency;
 mod connections;
 mod create;
+mod dashboard;
 mod errors;
 mod export;
 mod flood;
