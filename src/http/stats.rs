@@ -111,7 +111,7 @@ pub(crate) struct StatsParams {
     /// Which kind of output.
     kind: KindSchema,
     /// `model`, `day` or `model,day`; absent: one group of everything.
-    #[param(value_type = Option<GroupBySchema>, inline)]
+    #[param(value_type = Option<GroupBySchema>)]
     group_by: Option<String>,
     /// Entries created at or after this instant (RFC 3339).
     #[param(format = DateTime)]
