@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
+use super::trace::RequestSpan;
 use super::{AppError, AppState};
 use crate::auth::{self, AuthError, Caller, Principal, Requirement};
 use crate::feedback::{EndUserId, FieldError};
@@ -103,7 +104,7 @@ fn admit(
     request: &mut Request,
 ) -> Result<(), AppError> {
     let principal = outcome?;
-    tracing::Span::current().record("tenant", principal.key().tenant.as_str());
+    RequestSpan::record(request, "tenant", principal.key().tenant.as_str());
     // A token counts in its own bucket only: browsers cannot spend the
     // minting backend's.
     let (limiter, counted) = match &principal {
