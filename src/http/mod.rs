@@ -6,6 +6,7 @@
 
 mod authn;
 mod connection;
+mod dashboard;
 mod error;
 mod export;
 mod extract;
@@ -16,6 +17,7 @@ mod on_response;
 mod openapi;
 mod ops;
 mod serve;
+mod stats;
 mod tokens;
 mod trace;
 mod widget;
@@ -137,6 +139,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
             Requirement::TenantFeedback,
             routes!(export::export_feedback),
         ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(stats::feedback_stats),
+        ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(
             Requirement::MintTokens,
@@ -152,7 +158,11 @@ fn operational_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
-        .routes(routes!(widget::widget_js));
+        .routes(routes!(widget::widget_js))
+        .routes(routes!(dashboard::dashboard_html))
+        .routes(routes!(dashboard::dashboard_js))
+        .routes(routes!(dashboard::dashboard_css))
+        .routes(routes!(dashboard::dashboard_icon));
     described(routes, Surface::Operational)
 }
 

@@ -13,10 +13,11 @@ use chrono::{DateTime, Utc};
 use super::pool::Pool;
 use super::sql::{self, Dialect, scoped_query};
 use super::{
-    ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, FeedbackRow, FeedbackStore, Insertion,
-    KeyInsertion, KeyStore, NewApiKey, PoolStats, Revocation, Store, StoreResult, Timestamp,
-    Update, into_active_keys, into_page, into_position,
+    ActiveApiKey, ApiKeyRecord, ApiKeyRow, ChangeParams, CountsRow, FeedbackRow, FeedbackStore,
+    Insertion, KeyInsertion, KeyStore, NewApiKey, PoolStats, Revocation, Store, StoreResult,
+    Timestamp, Update, add_counts, into_active_keys, into_page, into_position,
 };
+use crate::feedback::stats::{Counts, DayCounts, RangePlan, StatsFilter, day_of_millis};
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, SortOrder, TenantId,
@@ -81,34 +82,84 @@ macro_rules! for_every_backend {
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> CountsRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String, String, String):
                 sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
         $methods
     )*};
 }
 
-/// Runs a write that returns at most one entry on the writer.
-async fn write_one<'q, B>(
-    backend: &B,
+/// Runs a write that returns at most one entry within a transaction.
+async fn fetch_write<'q, B>(
+    tx: &mut sqlx::Transaction<'_, B::Database>,
     write: sqlx::query::QueryAs<
         'q,
         B::Database,
         FeedbackRow,
         <B::Database as sqlx::Database>::Arguments<'q>,
     >,
-) -> StoreResult<Option<Feedback>>
+) -> sqlx::Result<Option<FeedbackRow>>
 where
     B: Backend,
     for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
     <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
     for<'r> FeedbackRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
-    let row = if B::READS_WRITES_TO_END {
-        run!(backend.writer(), |conn| write.fetch_all(conn))?.pop()
+    if B::READS_WRITES_TO_END {
+        Ok(write.fetch_all(&mut **tx).await?.pop())
     } else {
-        run!(backend.writer(), |conn| write.fetch_optional(conn))?
+        write.fetch_optional(&mut **tx).await
+    }
+}
+
+/// The counters' side of a write of one entry of `tenant`, in the write's
+/// transaction: the entry as it was (`None`: it did not exist) and as it is
+/// now (`None`: it is gone). Create: `(None, Some)`; update: `(Some, Some)`;
+/// delete, erasure and retention: `(Some, None)`, once per entry removed. An
+/// entry's model, kind and `created_at` never change, so a write moves counts
+/// within one counter row (a create or delete adds or takes away the entry).
+pub(super) async fn adjust_counters<B>(
+    tx: &mut sqlx::Transaction<'_, B::Database>,
+    tenant: &TenantId,
+    before: Option<&FeedbackRow>,
+    after: Option<&FeedbackRow>,
+) -> sqlx::Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
+    for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+{
+    let Some(entry) = after.or(before) else {
+        return Ok(());
     };
-    row.map(Feedback::try_from).transpose()
+    let counts = |row: Option<&FeedbackRow>| {
+        row.map_or_else(Counts::default, |row| {
+            let rating = row
+                .rating
+                .as_deref()
+                .and_then(|raw| Rating::parse(raw).ok());
+            Counts::of(rating, row.description.is_some())
+        })
+    };
+    let delta = counts(after).minus(&counts(before));
+    if delta.is_zero() {
+        return Ok(());
+    }
+    sqlx::query(sql::ADJUST_COUNTERS)
+        .bind(tenant.as_str())
+        .bind(entry.kind.as_str())
+        .bind(entry.model.as_deref().unwrap_or_default())
+        .bind(day_of_millis(entry.created_at.0.timestamp_millis()))
+        .bind(delta.total)
+        .bind(delta.thumbs_up)
+        .bind(delta.thumbs_down)
+        .bind(delta.unrated)
+        .bind(delta.with_description)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 for_every_backend! {
@@ -124,7 +175,15 @@ for_every_backend! {
                 .bind(new.rating.map(Rating::as_str))
                 .bind(new.description.as_ref().map(Description::as_str))
                 .bind(new.model.as_ref().map(ModelName::as_str));
-            let row = write_one(self, write).await?;
+            // The entry and its counters in one transaction.
+            let row = transaction!(self.writer(), |tx| {
+                let row = fetch_write::<B>(tx, write).await?;
+                if let Some(row) = &row {
+                    adjust_counters::<B>(tx, &scope.tenant, None, Some(row)).await?;
+                }
+                row
+            })?;
+            let row = row.map(Feedback::try_from).transpose()?;
             Ok(row.map_or(Insertion::AlreadyExists, Insertion::Inserted))
         }
 
@@ -137,13 +196,27 @@ for_every_backend! {
             // One statement, each column written only when its field was
             // present: the row lock makes concurrent updates of different
             // fields compose.
+            // The entry is read first, locked, so that its counters move from
+            // the buckets it leaves to those it enters, in the same transaction.
             let params = ChangeParams::from(changes);
+            let read =
+                scoped_query::<_, FeedbackRow>(<B::Database as Dialect>::FIND_FEEDBACK_FOR_UPDATE, scope, key);
             let write = scoped_query(<B::Database as Dialect>::UPDATE_FEEDBACK, scope, key)
                 .bind(params.set_rating)
                 .bind(params.rating)
                 .bind(params.set_description)
                 .bind(params.description);
-            let row = write_one(self, write).await?;
+            let row = transaction!(self.writer(), |tx| {
+                match read.fetch_optional(&mut **tx).await? {
+                    None => None,
+                    Some(before) => {
+                        let after = fetch_write::<B>(tx, write).await?;
+                        adjust_counters::<B>(tx, &scope.tenant, Some(&before), after.as_ref()).await?;
+                        after
+                    }
+                }
+            })?;
+            let row = row.map(Feedback::try_from).transpose()?;
             Ok(row.map_or(Update::NotFound, Update::Updated))
         }
 
@@ -213,6 +286,38 @@ for_every_backend! {
                     .bind(scope.end_user.as_ref().map(EndUserId::as_str));
             let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
             rows.into_iter().map(Feedback::try_from).collect()
+        }
+
+        async fn feedback_stats(&self, scope: &Scope, filter: &StatsFilter) -> StoreResult<DayCounts> {
+            // The counters are tenant-wide; an end user's entries are few and
+            // read through their index.
+            let plan = if scope.end_user.is_some() {
+                RangePlan {
+                    days: None,
+                    entries: vec![(filter.from_millis, filter.to_millis)],
+                }
+            } else {
+                RangePlan::split(filter.from_millis, filter.to_millis)
+            };
+            let mut counts = DayCounts::new();
+            if let Some(days) = plan.days {
+                let (sql, arguments) =
+                    sql::Statement::stats_counters(&scope.tenant, filter, days).into_parts()?;
+                let query = sqlx::query_as_with::<_, CountsRow, _>(&sql, arguments);
+                add_counts(&mut counts, run!(self.readers(), |conn| query.fetch_all(conn))?);
+            }
+            for range in plan.entries {
+                let (sql, arguments) = sql::Statement::stats_entries(
+                    <B::Database as Dialect>::STATS_ENTRIES,
+                    scope,
+                    filter,
+                    range,
+                )
+                .into_parts()?;
+                let query = sqlx::query_as_with::<_, CountsRow, _>(&sql, arguments);
+                add_counts(&mut counts, run!(self.readers(), |conn| query.fetch_all(conn))?);
+            }
+            Ok(counts)
         }
     }
 

@@ -64,8 +64,8 @@ async fn every_api_operation_documents_403_and_no_operational_one_does(app: Test
             }
         }
     }
-    // The eight feedback operations and `POST /tokens`.
-    assert_eq!(api_operations, 9, "{}", document["paths"]);
+    // The eight feedback operations, `GET /stats` and `POST /tokens`.
+    assert_eq!(api_operations, 10, "{}", document["paths"]);
 }
 
 async fn forbidden_is_a_listed_error_code(app: TestApp) {
