@@ -7,7 +7,10 @@
 # from two other loopback ports (one allowed, one not) and runs
 # tests/browser/*.py. Playwright and pytest go into target/browser-venv,
 # axe-core into target/browser-npm (pinned, on first use; no browser is
-# downloaded). Screenshots land in docs/widget.png and docs/widget-themed.png.
+# downloaded). Screenshots land in docs/widget.png, docs/widget-themed.png,
+# docs/dashboard.png and docs/dashboard-empty.png. The dashboard tests get the
+# server's database URL and binary (LLM_FEEDBACK_DATABASE_URL, LLM_FEEDBACK_BIN)
+# to seed entries over several days and to make keys.
 # Bounded: pytest gets BROWSER_CHECK_TIMEOUT_SECS (default 300) and every
 # wait inside a test 10 s.
 set -euo pipefail
@@ -68,7 +71,8 @@ curl -fs "$BASE_URL/healthz" >/dev/null || { echo "browser_check.sh: the server 
 
 mkdir -p "$ROOT/docs"
 status=0
-LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" CHROMIUM="$CHROMIUM" AXE_JS="$AXE_JS" \
+LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" \
+    LLM_FEEDBACK_DATABASE_URL="sqlite://$LIVE_WORK/live.db" LLM_FEEDBACK_BIN="$LIVE_BIN" CHROMIUM="$CHROMIUM" AXE_JS="$AXE_JS" \
     BROWSER_PAGE_PORT="$BROWSER_PAGE_PORT" BROWSER_OTHER_PORT="$BROWSER_OTHER_PORT" \
     SCREENSHOT_DIR="$ROOT/docs" PYTHONDONTWRITEBYTECODE=1 \
     timeout --kill-after=10 "${BROWSER_CHECK_TIMEOUT_SECS:-300}" \

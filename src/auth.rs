@@ -561,7 +561,7 @@ pub enum Requirement {
     /// Create, update or get the feedback of one output (what a feedback
     /// token will be allowed, for its own output).
     OneOutput,
-    /// Any other operation on the tenant's feedback: list, batch get, export.
+    /// Any other operation on the tenant's feedback: list, batch get, export, stats.
     TenantFeedback,
     /// Minting feedback tokens (only a tenant key: a token mints none).
     MintTokens,

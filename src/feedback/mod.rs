@@ -10,6 +10,7 @@ mod error;
 mod output_id;
 mod patch;
 mod rating;
+pub mod stats;
 mod text;
 
 use chrono::{DateTime, Utc};

@@ -7,6 +7,7 @@
 mod authn;
 mod conditional;
 mod connection;
+mod dashboard;
 mod error;
 mod export;
 mod extract;
@@ -18,6 +19,7 @@ mod on_response;
 mod openapi;
 mod ops;
 mod serve;
+mod stats;
 mod tokens;
 mod trace;
 mod widget;
@@ -164,6 +166,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
             Requirement::EraseEndUsers,
             routes!(history::erase_end_user),
         ))
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(stats::feedback_stats),
+        ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(
             Requirement::MintTokens,
@@ -179,7 +185,11 @@ fn operational_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
-        .routes(routes!(widget::widget_js));
+        .routes(routes!(widget::widget_js))
+        .routes(routes!(dashboard::dashboard_html))
+        .routes(routes!(dashboard::dashboard_js))
+        .routes(routes!(dashboard::dashboard_css))
+        .routes(routes!(dashboard::dashboard_icon));
     described(routes, Surface::Operational)
 }
 

@@ -39,7 +39,8 @@ use super::error::ErrorEnvelope;
         KindSchema,
         OrderSchema,
         OutputIdSchema,
-        ModelNameSchema
+        ModelNameSchema,
+        super::stats::GroupBySchema
     )),
     tags(
         (name = "feedback", description = "Feedback entries"),

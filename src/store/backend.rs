@@ -14,11 +14,12 @@ use super::pool::Pool;
 use super::sql::{self, Dialect, HistoryDialect, scoped_query};
 use super::writes::{KeptRow, RevisionRow};
 use super::{
-    ActiveApiKey, Actor, ApiKeyRecord, ApiKeyRow, ChangeParams, Deletion, Erasure, Expected,
-    FeedbackRow, FeedbackStore, IdempotentCreate, IdempotentRequest, Insertion, KeptResponse,
-    KeyInsertion, KeyStore, NewApiKey, PoolStats, Revision, Revocation, Store, StoreResult,
-    Timestamp, Update, into_active_keys, into_page, into_position,
+    ActiveApiKey, Actor, ApiKeyRecord, ApiKeyRow, ChangeParams, CountsRow, Deletion, Erasure,
+    Expected, FeedbackRow, FeedbackStore, IdempotentCreate, IdempotentRequest, Insertion,
+    KeptResponse, KeyInsertion, KeyStore, NewApiKey, PoolStats, Revision, Revocation, Store,
+    StoreResult, Timestamp, Update, add_counts, into_active_keys, into_page, into_position,
 };
+use crate::feedback::stats::{Counts, DayCounts, RangePlan, StatsFilter, day_of_millis};
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, SortOrder, TenantId,
@@ -89,6 +90,7 @@ macro_rules! for_every_backend {
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> CountsRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String, String, String):
                 sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
         $methods
@@ -131,13 +133,19 @@ macro_rules! insert_in {
             .bind(new.model.as_ref().map(ModelName::as_str))
             .fetch_all(&mut **$tx)
             .await?;
-        match rows.pop().map(Feedback::try_from).transpose() {
-            Ok(Some(entry)) => {
-                record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
-                Ok(Insertion::Inserted(entry))
+        match rows.pop() {
+            Some(row) => {
+                // The entry, its counters and its revision in one transaction.
+                adjust_counters::<B>($tx, &scope.tenant, None, Some(&row)).await?;
+                match Feedback::try_from(row) {
+                    Ok(entry) => {
+                        record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
+                        Ok(Insertion::Inserted(entry))
+                    }
+                    Err(err) => Err(err),
+                }
             }
-            Ok(None) => Ok(Insertion::AlreadyExists),
-            Err(err) => Err(err),
+            None => Ok(Insertion::AlreadyExists),
         }
     }};
 }
@@ -148,6 +156,56 @@ fn expected_json(expected: Expected<'_>) -> Option<String> {
         let listed: Vec<String> = revisions.iter().map(ToString::to_string).collect();
         format!("[{}]", listed.join(","))
     })
+}
+
+/// The counters' side of a write of one entry of `tenant`, in the write's
+/// transaction: the entry as it was (`None`: it did not exist) and as it is
+/// now (`None`: it is gone). Create: `(None, Some)`; update: `(Some, Some)`;
+/// delete, erasure and retention: `(Some, None)`, once per entry removed. An
+/// entry's model, kind and `created_at` never change, so a write moves counts
+/// within one counter row (a create or delete adds or takes away the entry).
+pub(super) async fn adjust_counters<B>(
+    tx: &mut sqlx::Transaction<'_, B::Database>,
+    tenant: &TenantId,
+    before: Option<&FeedbackRow>,
+    after: Option<&FeedbackRow>,
+) -> sqlx::Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
+    for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+{
+    let Some(entry) = after.or(before) else {
+        return Ok(());
+    };
+    let counts = |row: Option<&FeedbackRow>| {
+        row.map_or_else(Counts::default, |row| {
+            let rating = row
+                .rating
+                .as_deref()
+                .and_then(|raw| Rating::parse(raw).ok());
+            Counts::of(rating, row.description.is_some())
+        })
+    };
+    let delta = counts(after).minus(&counts(before));
+    if delta.is_zero() {
+        return Ok(());
+    }
+    sqlx::query(sql::ADJUST_COUNTERS)
+        .bind(tenant.as_str())
+        .bind(entry.kind.as_str())
+        .bind(entry.model.as_deref().unwrap_or_default())
+        .bind(day_of_millis(entry.created_at.0.timestamp_millis()))
+        .bind(delta.total)
+        .bind(delta.thumbs_up)
+        .bind(delta.thumbs_down)
+        .bind(delta.unrated)
+        .bind(delta.with_description)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 for_every_backend! {
@@ -247,39 +305,52 @@ for_every_backend! {
             actor: &Actor,
             expected: Expected<'_>,
         ) -> StoreResult<Update> {
-            // One statement, each column written only when its field was
-            // present and only at an expected revision: the row lock makes
-            // concurrent updates compose, and of concurrent updates naming
-            // one revision exactly one matches. The revision row commits with it.
+            // The entry is read first, locked, so that its counters move
+            // from the buckets it leaves to those it enters; then one
+            // statement writes each field present, only at an expected
+            // revision (`If-Match`): of concurrent updates naming one
+            // revision exactly one matches. Counters and revision row
+            // commit with it.
             let params = ChangeParams::from(changes);
             let expected = expected_json(expected);
-            let conditional = expected.is_some();
             let outcome: StoreResult<Update> = transaction!(self.writer(), |tx| {
-                let mut rows: Vec<FeedbackRow> = scoped_query(
-                    <B::Database as HistoryDialect>::UPDATE_FEEDBACK_IF,
+                let before: Option<FeedbackRow> = scoped_query(
+                    <B::Database as Dialect>::FIND_FEEDBACK_FOR_UPDATE,
                     scope,
                     key,
                 )
-                .bind(params.set_rating)
-                .bind(params.rating)
-                .bind(params.set_description)
-                .bind(params.description)
-                .bind(expected.as_deref())
-                .fetch_all(&mut **tx)
+                .fetch_optional(&mut **tx)
                 .await?;
-                match rows.pop().map(Feedback::try_from).transpose() {
-                    Ok(Some(entry)) => {
-                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
-                        Ok(Update::Updated(entry))
+                match before {
+                    None => Ok(Update::NotFound),
+                    Some(before) => {
+                        let mut rows: Vec<FeedbackRow> = scoped_query(
+                            <B::Database as HistoryDialect>::UPDATE_FEEDBACK_IF,
+                            scope,
+                            key,
+                        )
+                        .bind(params.set_rating)
+                        .bind(params.rating)
+                        .bind(params.set_description)
+                        .bind(params.description)
+                        .bind(expected.as_deref())
+                        .fetch_all(&mut **tx)
+                        .await?;
+                        match rows.pop() {
+                            None => Ok(Update::PreconditionFailed),
+                            Some(after) => {
+                                adjust_counters::<B>(tx, &scope.tenant, Some(&before), Some(&after))
+                                    .await?;
+                                match Feedback::try_from(after) {
+                                    Ok(entry) => {
+                                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
+                                        Ok(Update::Updated(entry))
+                                    }
+                                    Err(err) => Err(err),
+                                }
+                            }
+                        }
                     }
-                    Ok(None) if conditional => {
-                        let (exists,): (i64,) = scoped_query(sql::ENTRY_EXISTS, scope, key)
-                            .fetch_one(&mut **tx)
-                            .await?;
-                        Ok(if exists == 0 { Update::NotFound } else { Update::PreconditionFailed })
-                    }
-                    Ok(None) => Ok(Update::NotFound),
-                    Err(err) => Err(err),
                 }
             })?;
             outcome
@@ -504,6 +575,38 @@ for_every_backend! {
                     .bind(scope.end_user.as_ref().map(EndUserId::as_str));
             let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
             rows.into_iter().map(Feedback::try_from).collect()
+        }
+
+        async fn feedback_stats(&self, scope: &Scope, filter: &StatsFilter) -> StoreResult<DayCounts> {
+            // The counters are tenant-wide; an end user's entries are few and
+            // read through their index.
+            let plan = if scope.end_user.is_some() {
+                RangePlan {
+                    days: None,
+                    entries: vec![(filter.from_millis, filter.to_millis)],
+                }
+            } else {
+                RangePlan::split(filter.from_millis, filter.to_millis)
+            };
+            let mut counts = DayCounts::new();
+            if let Some(days) = plan.days {
+                let (sql, arguments) =
+                    sql::Statement::stats_counters(&scope.tenant, filter, days).into_parts()?;
+                let query = sqlx::query_as_with::<_, CountsRow, _>(&sql, arguments);
+                add_counts(&mut counts, run!(self.readers(), |conn| query.fetch_all(conn))?);
+            }
+            for range in plan.entries {
+                let (sql, arguments) = sql::Statement::stats_entries(
+                    <B::Database as Dialect>::STATS_ENTRIES,
+                    scope,
+                    filter,
+                    range,
+                )
+                .into_parts()?;
+                let query = sqlx::query_as_with::<_, CountsRow, _>(&sql, arguments);
+                add_counts(&mut counts, run!(self.readers(), |conn| query.fetch_all(conn))?);
+            }
+            Ok(counts)
         }
     }
 

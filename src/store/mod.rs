@@ -70,6 +70,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::feedback::stats::{Counts, DayCounts, StatsFilter};
 use crate::feedback::{
     Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
@@ -374,6 +375,11 @@ pub trait FeedbackStore: Send + Sync {
         kind: OutputKind,
         ids: &[OutputId],
     ) -> StoreResult<Vec<Feedback>>;
+
+    /// The counts of the entries in scope that match, per model and UTC day:
+    /// whole days from the counters (tenant-wide scope), the rest from the
+    /// entries, so the figures are exact.
+    async fn feedback_stats(&self, scope: &Scope, filter: &StatsFilter) -> StoreResult<DayCounts>;
 }
 
 /// API keys (hashes only).
@@ -582,6 +588,31 @@ impl<'a> From<&'a FeedbackChanges> for ChangeParams<'a> {
             set_description: description.is_some(),
             description: description.flatten().map(Description::as_str),
         }
+    }
+}
+
+/// Counts of one model and day, as both the counters and the entries' counts read.
+#[derive(Debug, sqlx::FromRow)]
+struct CountsRow {
+    model: String,
+    day: i64,
+    total: i64,
+    thumbs_up: i64,
+    thumbs_down: i64,
+    unrated: i64,
+    with_description: i64,
+}
+
+/// Adds rows of counts into `into`, per `(model, day)`.
+fn add_counts(into: &mut DayCounts, rows: Vec<CountsRow>) {
+    for row in rows {
+        into.entry((row.model, row.day)).or_default().add(&Counts {
+            total: row.total,
+            thumbs_up: row.thumbs_up,
+            thumbs_down: row.thumbs_down,
+            unrated: row.unrated,
+            with_description: row.with_description,
+        });
     }
 }
 

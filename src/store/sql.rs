@@ -26,8 +26,9 @@ use sqlx::Arguments as _;
 use sqlx::error::BoxDynError;
 
 use super::Timestamp;
+use crate::feedback::stats::StatsFilter;
 use crate::feedback::{
-    EndUserId, FeedbackFilter, FeedbackKey, PageRequest, Position, Scope, SortOrder,
+    EndUserId, FeedbackFilter, FeedbackKey, PageRequest, Position, Scope, SortOrder, TenantId,
 };
 
 pub(super) const FIND_FEEDBACK: &str = concat!(
@@ -59,6 +60,21 @@ pub(super) const INSERT_TOKEN_SIGNING_SECRET: &str =
 /// The token signing secret.
 pub(super) const TOKEN_SIGNING_SECRET: &str = "select secret from token_signing_key where id = 1";
 pub(super) const PING: &str = "select 1";
+/// Adds the counts `$5..$9` to the counters of tenant `$1`, kind `$2`,
+/// model `$3`, day `$4` (see `adjust_counters` in backend.rs).
+pub(super) const ADJUST_COUNTERS: &str = "insert into feedback_counters
+         (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     on conflict (tenant, kind, day, model) do update set
+         total = feedback_counters.total + excluded.total,
+         thumbs_up = feedback_counters.thumbs_up + excluded.thumbs_up,
+         thumbs_down = feedback_counters.thumbs_down + excluded.thumbs_down,
+         unrated = feedback_counters.unrated + excluded.unrated,
+         with_description = feedback_counters.with_description + excluded.with_description";
+/// The counters of whole days; `Statement::stats_counters` adds the conditions.
+const STATS_COUNTERS: &str =
+    "select model, day, total, thumbs_up, thumbs_down, unrated, with_description
+     from feedback_counters";
 
 /// A shared statement about one entry, with the scope and key bound as
 /// `$1..$4` (see `in_scope!`); more binds may follow.
@@ -186,6 +202,75 @@ where
         query
     }
 
+    /// The counters of the days `[from, to)` (see `FeedbackStore::feedback_stats`).
+    pub(super) fn stats_counters(
+        tenant: &TenantId,
+        filter: &StatsFilter,
+        (from, to): (Option<i64>, Option<i64>),
+    ) -> Self {
+        let mut query = Self::new(STATS_COUNTERS);
+        query.push(" where tenant = ");
+        query.push_bind(tenant.as_str().to_owned());
+        query.push(" and kind = ");
+        query.push_bind(filter.kind.as_str());
+        query.push_stats_conditions("day", from, to, filter);
+        query
+    }
+
+    /// The entries' counts per model and day among those created in
+    /// `[from, to)` (milliseconds), starting from the dialect's `STATS_ENTRIES`.
+    pub(super) fn stats_entries(
+        start: &str,
+        scope: &Scope,
+        filter: &StatsFilter,
+        (from, to): (Option<i64>, Option<i64>),
+    ) -> Self {
+        let mut query = Self::new(start);
+        query.push_list_conditions(
+            scope,
+            FeedbackFilter {
+                kind: filter.kind,
+                rating: None,
+            },
+            None,
+        );
+        let at =
+            |millis: i64| Timestamp(DateTime::from_timestamp_millis(millis).unwrap_or_default());
+        if let Some(from) = from {
+            query.push(" and created_at >= ");
+            query.push_bind(at(from));
+        }
+        if let Some(to) = to {
+            query.push(" and created_at < ");
+            query.push_bind(at(to));
+        }
+        query.push_stats_conditions("created_at", None, None, filter);
+        query.push(" group by 1, 2");
+        query
+    }
+
+    /// `column >= from`, `column < to` and the model filter.
+    fn push_stats_conditions(
+        &mut self,
+        column: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+        filter: &StatsFilter,
+    ) {
+        if let Some(from) = from {
+            self.push(" and ").push(column).push(" >= ");
+            self.push_bind(from);
+        }
+        if let Some(to) = to {
+            self.push(" and ").push(column).push(" < ");
+            self.push_bind(to);
+        }
+        if let Some(model) = &filter.model {
+            self.push(" and model = ");
+            self.push_bind(model.as_str().to_owned());
+        }
+    }
+
     /// `where` conditions shared by listings and counts: scope, filter,
     /// snapshot. Conditions are left out rather than written `$n is null or
     /// ...`, so that each combination gets a plan that uses its index.
@@ -229,6 +314,11 @@ pub(super) trait Dialect: sqlx::Database {
     const INSERT_API_KEY: &'static str;
     /// Revokes key `$1` if it is active (one row affected).
     const REVOKE_API_KEY: &'static str;
+    /// The entry in scope (see `in_scope!`), locked until the transaction ends.
+    const FIND_FEEDBACK_FOR_UPDATE: &'static str;
+    /// The start of the entries' counts per model and day; `Statement::stats_entries`
+    /// adds the conditions and the grouping.
+    const STATS_ENTRIES: &'static str;
 }
 
 /// Writes `impl Dialect` for one database from its fragments:
@@ -236,12 +326,16 @@ pub(super) trait Dialect: sqlx::Database {
 /// - `clock`: now, truncated to the millisecond, as a timestamp column holds it;
 /// - `position`: the `with` clause before a create and the table it selects
 ///   its `created_at` from (`position.created_at`);
-/// - `in_output_ids`: the condition that `output_id` is among `$3`.
+/// - `in_output_ids`: the condition that `output_id` is among `$3`;
+/// - `lock_row`: what follows a `select` to lock its row until the transaction ends;
+/// - `day_of_created_at`: the UTC day of `created_at`, whole days since the epoch.
 macro_rules! dialect {
     ($database:ty {
         clock: $clock:expr,
         position: ($position_with:expr, $position_from:expr),
-        in_output_ids: $in_output_ids:expr $(,)?
+        in_output_ids: $in_output_ids:expr,
+        lock_row: $lock_row:expr,
+        day_of_created_at: $day_of_created_at:expr $(,)?
     }) => {
         impl Dialect for $database {
             const INSERT_FEEDBACK: &'static str = concat!(
@@ -278,6 +372,23 @@ macro_rules! dialect {
                 $clock,
                 " where id = $1 and revoked_at is null"
             );
+            const FIND_FEEDBACK_FOR_UPDATE: &'static str = concat!(
+                "select ",
+                feedback_columns!(),
+                " from feedback",
+                in_scope!(),
+                $lock_row
+            );
+            const STATS_ENTRIES: &'static str = concat!(
+                "select coalesce(model, '') as model, ",
+                $day_of_created_at,
+                " as day, count(*) as total,
+                 count(case when rating = 'thumbs_up' then 1 end) as thumbs_up,
+                 count(case when rating = 'thumbs_down' then 1 end) as thumbs_down,
+                 count(*) - count(rating) as unrated,
+                 count(description) as with_description
+                 from feedback"
+            );
         }
     };
 }
@@ -304,6 +415,8 @@ dialect!(sqlx::Postgres {
         "position"
     ),
     in_output_ids: "= any($3)",
+    lock_row: " for update",
+    day_of_created_at: "cast(floor(extract(epoch from created_at) / 86400) as bigint)",
 });
 
 /// SQLite's clock: integer milliseconds since the epoch.
@@ -331,6 +444,9 @@ dialect!(sqlx::Sqlite {
     ),
     // The ids travel as one JSON array.
     in_output_ids: "in (select value from json_each($3))",
+    // The writer's transactions are `BEGIN IMMEDIATE`: the row is as good as locked.
+    lock_row: "",
+    day_of_created_at: "(created_at / 86400000)",
 });
 
 // Issue 13, safe writes: revisions, conditional writes, delete, erasure,
