@@ -5,6 +5,7 @@
 //! written here once and monomorphised for each database, so each backend
 //! runs exactly the code it would run if it were written out for it.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use async_trait::async_trait;
@@ -15,9 +16,9 @@ use super::sql::{self, Dialect, HistoryDialect, scoped_query};
 use super::writes::{KeptRow, RevisionRow};
 use super::{
     ActiveApiKey, Actor, ApiKeyRecord, ApiKeyRow, ChangeParams, CountsRow, Deletion, Erasure,
-    Expected, FeedbackRow, FeedbackStore, IdempotentCreate, IdempotentRequest, Insertion,
-    KeptResponse, KeyInsertion, KeyStore, NewApiKey, PoolStats, Revision, Revocation, Store,
-    StoreResult, Timestamp, Update, add_counts, into_active_keys, into_page, into_position,
+    Expected, ExpiredRow, FeedbackRow, FeedbackStore, IdempotentCreate, IdempotentRequest,
+    Insertion, KeptResponse, KeyInsertion, KeyStore, NewApiKey, PoolStats, Revision, Revocation,
+    Store, StoreResult, Timestamp, Update, add_counts, into_active_keys, into_page, into_position,
 };
 use crate::feedback::stats::{Counts, DayCounts, RangePlan, StatsFilter, day_of_millis};
 use crate::feedback::{
@@ -84,7 +85,7 @@ macro_rules! for_every_backend {
             for<'q> Option<String>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
             for<'r> RevisionRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> KeptRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
-            for<'r> (i64, Option<String>): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> ExpiredRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> FeedbackRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> ApiKeyRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
@@ -136,7 +137,7 @@ macro_rules! insert_in {
         match rows.pop() {
             Some(row) => {
                 // The entry, its counters and its revision in one transaction.
-                adjust_counters::<B>($tx, &scope.tenant, None, Some(&row)).await?;
+                adjust_counters::<B>($tx, scope.tenant.as_str(), None, Some(&row)).await?;
                 match Feedback::try_from(row) {
                     Ok(entry) => {
                         record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
@@ -158,15 +159,36 @@ fn expected_json(expected: Expected<'_>) -> Option<String> {
     })
 }
 
+/// The counts an entry in that state adds (`None`: none, it does not exist).
+fn counts_of(row: Option<&FeedbackRow>) -> Counts {
+    row.map_or_else(Counts::default, |row| {
+        let rating = row
+            .rating
+            .as_deref()
+            .and_then(|raw| Rating::parse(raw).ok());
+        Counts::of(rating, row.description.is_some())
+    })
+}
+
+/// The counter row an entry of `tenant` counts in: tenant, kind, model, day.
+/// An entry's model, kind and `created_at` never change, so every write of
+/// it moves counts within this one row.
+fn counter_of<'a>(tenant: &'a str, entry: &'a FeedbackRow) -> (&'a str, &'a str, &'a str, i64) {
+    (
+        tenant,
+        entry.kind.as_str(),
+        entry.model.as_deref().unwrap_or_default(),
+        day_of_millis(entry.created_at.0.timestamp_millis()),
+    )
+}
+
 /// The counters' side of a write of one entry of `tenant`, in the write's
 /// transaction: the entry as it was (`None`: it did not exist) and as it is
 /// now (`None`: it is gone). Create: `(None, Some)`; update: `(Some, Some)`;
-/// delete, erasure and retention: `(Some, None)`, once per entry removed. An
-/// entry's model, kind and `created_at` never change, so a write moves counts
-/// within one counter row (a create or delete adds or takes away the entry).
+/// a removal goes through [`remove_from_counters`].
 pub(super) async fn adjust_counters<B>(
     tx: &mut sqlx::Transaction<'_, B::Database>,
-    tenant: &TenantId,
+    tenant: &str,
     before: Option<&FeedbackRow>,
     after: Option<&FeedbackRow>,
 ) -> sqlx::Result<()>
@@ -180,24 +202,59 @@ where
     let Some(entry) = after.or(before) else {
         return Ok(());
     };
-    let counts = |row: Option<&FeedbackRow>| {
-        row.map_or_else(Counts::default, |row| {
-            let rating = row
-                .rating
-                .as_deref()
-                .and_then(|raw| Rating::parse(raw).ok());
-            Counts::of(rating, row.description.is_some())
-        })
-    };
-    let delta = counts(after).minus(&counts(before));
+    let delta = counts_of(after).minus(&counts_of(before));
+    add_to_counter::<B>(tx, counter_of(tenant, entry), &delta).await
+}
+
+/// The counters' side of removing entries (delete, erasure, retention), in
+/// the removing transaction: `removed` are the entries as they were, each
+/// with its tenant. One statement per counter row they counted in, taken in
+/// key order (so that concurrent removals lock counter rows in one order).
+pub(super) async fn remove_from_counters<'a, B>(
+    tx: &mut sqlx::Transaction<'_, B::Database>,
+    removed: impl IntoIterator<Item = (&'a str, &'a FeedbackRow)>,
+) -> sqlx::Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
+    for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+{
+    let mut counters: BTreeMap<(&str, &str, &str, i64), Counts> = BTreeMap::new();
+    for (tenant, entry) in removed {
+        counters
+            .entry(counter_of(tenant, entry))
+            .or_default()
+            .add(&counts_of(Some(entry)));
+    }
+    for (counter, counts) in counters {
+        add_to_counter::<B>(tx, counter, &Counts::default().minus(&counts)).await?;
+    }
+    Ok(())
+}
+
+/// Adds `delta` (negative counts take away) to one counter row.
+async fn add_to_counter<B>(
+    tx: &mut sqlx::Transaction<'_, B::Database>,
+    (tenant, kind, model, day): (&str, &str, &str, i64),
+    delta: &Counts,
+) -> sqlx::Result<()>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
+    for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+{
     if delta.is_zero() {
         return Ok(());
     }
     sqlx::query(sql::ADJUST_COUNTERS)
-        .bind(tenant.as_str())
-        .bind(entry.kind.as_str())
-        .bind(entry.model.as_deref().unwrap_or_default())
-        .bind(day_of_millis(entry.created_at.0.timestamp_millis()))
+        .bind(tenant)
+        .bind(kind)
+        .bind(model)
+        .bind(day)
         .bind(delta.total)
         .bind(delta.thumbs_up)
         .bind(delta.thumbs_down)
@@ -339,7 +396,7 @@ for_every_backend! {
                         match rows.pop() {
                             None => Ok(Update::PreconditionFailed),
                             Some(after) => {
-                                adjust_counters::<B>(tx, &scope.tenant, Some(&before), Some(&after))
+                                adjust_counters::<B>(tx, scope.tenant.as_str(), Some(&before), Some(&after))
                                     .await?;
                                 match Feedback::try_from(after) {
                                     Ok(entry) => {
@@ -366,7 +423,7 @@ for_every_backend! {
             let expected = expected_json(expected);
             let conditional = expected.is_some();
             let outcome = transaction!(self.writer(), |tx| {
-                let mut rows: Vec<(i64, Option<String>)> = scoped_query(
+                let mut rows: Vec<FeedbackRow> = scoped_query(
                     <B::Database as HistoryDialect>::DELETE_FEEDBACK_IF,
                     scope,
                     key,
@@ -374,13 +431,14 @@ for_every_backend! {
                 .bind(expected.as_deref())
                 .fetch_all(&mut **tx)
                 .await?;
-                if let Some((revision, end_user)) = rows.pop() {
+                if let Some(gone) = rows.pop() {
+                    remove_from_counters::<B>(tx, [(scope.tenant.as_str(), &gone)]).await?;
                     sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
                         .bind(scope.tenant.as_str())
                         .bind(key.kind.as_str())
                         .bind(key.id.as_str())
-                        .bind(revision + 1)
-                        .bind(end_user)
+                        .bind(gone.revision + 1)
+                        .bind(gone.end_user)
                         .bind(None::<&str>)
                         .bind(None::<&str>)
                         .bind(true)
@@ -434,10 +492,12 @@ for_every_backend! {
             // One transaction: a table that later holds an end user's text
             // (an outbox, webhook payloads) adds its statement here.
             let erasure = transaction!(self.writer(), |tx| {
-                let kinds: Vec<(String,)> = sqlx::query_as(sql::ERASE_ENTRIES)
+                let erased: Vec<FeedbackRow> = sqlx::query_as(sql::ERASE_ENTRIES)
                     .bind(tenant.as_str())
                     .bind(end_user.as_str())
                     .fetch_all(&mut **tx)
+                    .await?;
+                remove_from_counters::<B>(tx, erased.iter().map(|entry| (tenant.as_str(), entry)))
                     .await?;
                 for statement in [sql::ERASE_REVISIONS, sql::ERASE_IDEMPOTENCY_KEYS] {
                     sqlx::query(statement)
@@ -447,8 +507,8 @@ for_every_backend! {
                         .await?;
                 }
                 let mut erasure = Erasure::default();
-                for (kind,) in kinds {
-                    match OutputKind::parse(&kind) {
+                for entry in &erased {
+                    match OutputKind::parse(&entry.kind) {
                         Some(OutputKind::Completions) => erasure.completions += 1,
                         Some(OutputKind::Responses) => erasure.responses += 1,
                         None => {}
@@ -485,16 +545,21 @@ for_every_backend! {
                 if free == 0 {
                     None
                 } else {
-                    let expired: Vec<(String, String, String)> = sqlx::query_as(sql::EXPIRE_ENTRIES)
+                    let expired: Vec<ExpiredRow> = sqlx::query_as(sql::EXPIRE_ENTRIES)
                         .bind(Timestamp(before))
                         .bind(i64::from(batch))
                         .fetch_all(&mut **tx)
                         .await?;
-                    for (tenant, kind, output_id) in &expired {
+                    remove_from_counters::<B>(
+                        tx,
+                        expired.iter().map(|gone| (gone.tenant.as_str(), &gone.entry)),
+                    )
+                    .await?;
+                    for gone in &expired {
                         sqlx::query(sql::EXPIRE_REVISIONS)
-                            .bind(tenant.as_str())
-                            .bind(kind.as_str())
-                            .bind(output_id.as_str())
+                            .bind(gone.tenant.as_str())
+                            .bind(gone.entry.kind.as_str())
+                            .bind(gone.entry.output_id.as_str())
                             .execute(&mut **tx)
                             .await?;
                     }

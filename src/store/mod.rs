@@ -516,6 +516,14 @@ struct FeedbackRow {
     revision: i64,
 }
 
+/// An entry removed by retention, with its tenant.
+#[derive(Debug, sqlx::FromRow)]
+struct ExpiredRow {
+    tenant: String,
+    #[sqlx(flatten)]
+    entry: FeedbackRow,
+}
+
 impl FeedbackRow {
     fn position(&self) -> Position {
         Position {

@@ -491,9 +491,11 @@ pub(super) const HAS_REVISIONS: &str = concat!(
 );
 /// Whether the entry in scope exists (after a conditional write changed nothing).
 pub(super) const ENTRY_EXISTS: &str = concat!("select count(*) from feedback", in_scope!());
-/// Erasure: the entries of tenant `$1` recorded for end user `$2`, their kinds.
-pub(super) const ERASE_ENTRIES: &str =
-    "delete from feedback where tenant = $1 and end_user = $2 returning kind";
+/// Erasure: the entries of tenant `$1` recorded for end user `$2`, as they were.
+pub(super) const ERASE_ENTRIES: &str = concat!(
+    "delete from feedback where tenant = $1 and end_user = $2 returning ",
+    feedback_columns!()
+);
 /// Erasure: every revision recorded for end user `$2` of tenant `$1`.
 pub(super) const ERASE_REVISIONS: &str =
     "delete from feedback_revisions where tenant = $1 and end_user = $2";
@@ -511,10 +513,14 @@ pub(super) const FORGET_IDEMPOTENCY_KEY: &str =
 pub(super) const PURGE_IDEMPOTENCY_KEYS: &str =
     "delete from idempotency_keys where (tenant, idempotency_key) in (
          select tenant, idempotency_key from idempotency_keys where created_at < $1 limit $2)";
-/// Retention: at most `$2` entries created before `$1`; their keys.
-pub(super) const EXPIRE_ENTRIES: &str = "delete from feedback where seq in (
+/// Retention: at most `$2` entries created before `$1`, as they were, with
+/// their tenants.
+pub(super) const EXPIRE_ENTRIES: &str = concat!(
+    "delete from feedback where seq in (
          select seq from feedback where created_at < $1 order by created_at limit $2)
-     returning tenant, kind, output_id";
+     returning tenant, ",
+    feedback_columns!()
+);
 /// Retention: the history of entry `($2, $3)` of tenant `$1`.
 pub(super) const EXPIRE_REVISIONS: &str =
     "delete from feedback_revisions where tenant = $1 and kind = $2 and output_id = $3";
@@ -537,7 +543,7 @@ pub(super) trait HistoryDialect: sqlx::Database {
     /// revision is among the JSON array `$9` (any when null); returns it.
     const UPDATE_FEEDBACK_IF: &'static str;
     /// Deletes the entry in scope if its revision is among the JSON array
-    /// `$5` (any when null); returns its revision and end user.
+    /// `$5` (any when null); returns it as it was.
     const DELETE_FEEDBACK_IF: &'static str;
     /// `1` if this transaction may work on key `$2` of tenant `$1` (no other
     /// one does), else `0`.
@@ -584,7 +590,8 @@ macro_rules! history_dialect {
                 in_scope!(),
                 " and (cast($5 as text) is null or ",
                 $revision_in_5,
-                ") returning revision, end_user"
+                ") returning ",
+                feedback_columns!()
             );
             const TRY_LOCK_IDEMPOTENCY_KEY: &'static str = $try_lock_key;
             const TRY_LOCK_RETENTION: &'static str = $try_lock_retention;

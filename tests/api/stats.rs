@@ -22,12 +22,14 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, Reply, TestApp, assert_invalid_fields};
+use crate::safe_writes::{entry_path, send};
 
 both_stores!(
     every_figure_matches_counts_computed_from_the_entries_for_each_grouping_and_range,
     the_model_filter_and_the_kind_count_only_their_entries,
     another_tenant_and_another_end_user_are_never_counted,
     every_acknowledged_write_is_in_the_next_answer_and_updates_move_buckets,
+    deletes_erasures_and_retention_take_their_entries_out_of_the_counts,
     without_entries_one_group_of_zeros_and_nulls_or_no_groups,
     bad_stats_queries_are_400_with_details,
 );
@@ -533,6 +535,82 @@ async fn every_acknowledged_write_is_in_the_next_answer_and_updates_move_buckets
         404
     );
     check(mine, "after a 404").await;
+}
+
+async fn deletes_erasures_and_retention_take_their_entries_out_of_the_counts(app: TestApp) {
+    let seeds = seeds();
+    seed(&app, &seeds).await;
+    let query = "kind=completions&group_by=model%2Cday";
+    let mut mine: Vec<Seed> = seeds
+        .into_iter()
+        .filter(|s| s.tenant == "tenant-a" && s.kind == "completions")
+        .collect();
+    let check = |mine: &[Seed], what: &'static str| {
+        let wanted = expected(mine, "model,day");
+        let app = &app;
+        async move {
+            assert_groups(&stats(app, query).await, "completions", &wanted, what);
+        }
+    };
+    check(&mine, "as seeded").await;
+    // Deletes: one rated with a description, one unrated, on other days.
+    for id in ["seed-4", "seed-3", "seed-9"] {
+        let reply = send(
+            &app,
+            Method::DELETE,
+            &entry_path("completions", id),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 204, "{}", reply.text);
+        mine.retain(|s| s.id != id);
+        check(&mine, "after a delete").await;
+    }
+    // A delete of an entry that is gone changes nothing.
+    let reply = send(
+        &app,
+        Method::DELETE,
+        &entry_path("completions", "seed-4"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    check(&mine, "after a 404 delete").await;
+    // The erasure of an end user takes each of their entries away.
+    let erased = mine.iter().filter(|s| s.end_user == Some("u1")).count();
+    assert!(
+        erased > 10,
+        "the seeds give u1 entries on every day: {erased}"
+    );
+    let reply = send(
+        &app,
+        Method::DELETE,
+        "/api/v1/llm/feedback/end-users/u1",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    mine.retain(|s| s.end_user != Some("u1"));
+    check(&mine, "after an erasure").await;
+    // Retention of everything created before the third day, in batches.
+    let cutoff = day0() + Duration::days(2);
+    loop {
+        let deleted = app
+            .store
+            .delete_expired_feedback(cutoff, 25)
+            .await
+            .expect("retention batch")
+            .expect("no other replica");
+        if deleted == 0 {
+            break;
+        }
+    }
+    mine.retain(|s| s.created_at >= cutoff);
+    assert!(!mine.is_empty());
+    check(&mine, "after retention").await;
 }
 
 async fn without_entries_one_group_of_zeros_and_nulls_or_no_groups(app: TestApp) {
