@@ -3,6 +3,9 @@
 -- so that GET /stats reads whole days from here instead of scanning entries.
 -- `model` is '' for entries without one; `day` is the UTC day of created_at,
 -- as whole days since the Unix epoch (the same integer in both stores).
+-- Each (tenant, kind, model, day) is spread over 16 rows by `shard` (the
+-- entry's seq modulo 16), so that concurrent writes of one day and model do
+-- not all wait on one row lock until they commit; GET /stats sums the shards.
 create table feedback_counters (
     tenant           text not null,
     kind             text not null,
@@ -13,7 +16,8 @@ create table feedback_counters (
     thumbs_down      bigint not null,
     unrated          bigint not null,
     with_description bigint not null,
-    primary key (tenant, kind, day, model)
+    shard            smallint not null default 0,
+    primary key (tenant, kind, day, model, shard)
 );
 
 insert into feedback_counters

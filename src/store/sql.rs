@@ -61,19 +61,23 @@ pub(super) const INSERT_TOKEN_SIGNING_SECRET: &str =
 pub(super) const TOKEN_SIGNING_SECRET: &str = "select secret from token_signing_key where id = 1";
 pub(super) const PING: &str = "select 1";
 /// Adds the counts `$5..$9` to the counters of tenant `$1`, kind `$2`,
-/// model `$3`, day `$4` (see `adjust_counters` in backend.rs).
+/// model `$3`, day `$4`, shard `$10` (see `adjust_counters` in backend.rs).
 pub(super) const ADJUST_COUNTERS: &str = "insert into feedback_counters
-         (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description)
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-     on conflict (tenant, kind, day, model) do update set
+         (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description, shard)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+     on conflict (tenant, kind, day, model, shard) do update set
          total = feedback_counters.total + excluded.total,
          thumbs_up = feedback_counters.thumbs_up + excluded.thumbs_up,
          thumbs_down = feedback_counters.thumbs_down + excluded.thumbs_down,
          unrated = feedback_counters.unrated + excluded.unrated,
          with_description = feedback_counters.with_description + excluded.with_description";
-/// The counters of whole days; `Statement::stats_counters` adds the conditions.
-const STATS_COUNTERS: &str =
-    "select model, day, total, thumbs_up, thumbs_down, unrated, with_description
+/// The counters of whole days, their shards summed; `Statement::stats_counters`
+/// adds the conditions and the grouping.
+const STATS_COUNTERS: &str = "select model, day, cast(sum(total) as bigint) as total,
+         cast(sum(thumbs_up) as bigint) as thumbs_up,
+         cast(sum(thumbs_down) as bigint) as thumbs_down,
+         cast(sum(unrated) as bigint) as unrated,
+         cast(sum(with_description) as bigint) as with_description
      from feedback_counters";
 
 /// A shared statement about one entry, with the scope and key bound as
@@ -214,6 +218,7 @@ where
         query.push(" and kind = ");
         query.push_bind(filter.kind.as_str());
         query.push_stats_conditions("day", from, to, filter);
+        query.push(" group by model, day");
         query
     }
 
