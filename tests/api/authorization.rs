@@ -64,8 +64,9 @@ async fn every_api_operation_documents_403_and_no_operational_one_does(app: Test
             }
         }
     }
-    // The eight feedback operations and `POST /tokens`.
-    assert_eq!(api_operations, 9, "{}", document["paths"]);
+    // The eight feedback operations, `POST /tokens` and the two admin
+    // export operations.
+    assert_eq!(api_operations, 11, "{}", document["paths"]);
 }
 
 async fn forbidden_is_a_listed_error_code(app: TestApp) {

@@ -482,12 +482,12 @@ async fn sigterm_stops_the_background_workers_after_the_drain_the_last_started_f
     };
     assert_eq!(
         workers("worker started"),
-        ["metrics-upkeep", "key-set-reloader"],
+        ["metrics-upkeep", "key-set-reloader", "admin-export"],
         "{seen}"
     );
     assert_eq!(
         workers("worker stopped"),
-        ["key-set-reloader", "metrics-upkeep"],
+        ["admin-export", "key-set-reloader", "metrics-upkeep"],
         "{seen}"
     );
     let position = |message: &str| {
