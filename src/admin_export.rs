@@ -88,7 +88,13 @@ impl Exporter {
         let (jobs, queue) = mpsc::channel(4);
         Self(Arc::new(Inner {
             store,
-            location: settings.export_location.clone(),
+            // A relative directory is shown (and used) as an absolute one.
+            location: match &settings.export_location {
+                ExportLocation::Local(dir) => {
+                    ExportLocation::Local(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
+                }
+                s3 @ ExportLocation::S3 { .. } => s3.clone(),
+            },
             lease: settings.lease(),
             batch_rows: i64::from(settings.export_batch_rows),
             owner: uuid::Uuid::new_v4().simple().to_string(),
@@ -349,6 +355,10 @@ impl Exporter {
         if let Err(err) = written.await {
             return Err(self.location_error(&err));
         }
+        progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .parquet_bytes = completions.bytes() + responses.bytes();
         let location = self.location();
         let url = |file: &FileWriter| match &self.0.location {
             ExportLocation::Local(dir) => dir.join(file.path.as_ref()).display().to_string(),
@@ -440,6 +450,8 @@ struct FileWriter {
     path: ObjectPath,
     writer: Option<AsyncArrowWriter<BufWriter>>,
     schema: SchemaRef,
+    /// The file's size once finished.
+    finished_bytes: i64,
 }
 
 impl FileWriter {
@@ -457,11 +469,12 @@ impl FileWriter {
             path,
             writer: Some(writer),
             schema,
+            finished_bytes: 0,
         })
     }
 
     fn bytes(&self) -> i64 {
-        self.writer.as_ref().map_or(0, |writer| {
+        self.writer.as_ref().map_or(self.finished_bytes, |writer| {
             i64::try_from(writer.bytes_written() + writer.in_progress_size()).unwrap_or(i64::MAX)
         })
     }
@@ -478,8 +491,9 @@ impl FileWriter {
     }
 
     async fn finish(&mut self) -> Result<(), parquet::errors::ParquetError> {
-        if let Some(writer) = self.writer.take() {
-            writer.close().await?;
+        if let Some(mut writer) = self.writer.take() {
+            writer.finish().await?;
+            self.finished_bytes = i64::try_from(writer.bytes_written()).unwrap_or(i64::MAX);
         }
         Ok(())
     }
