@@ -29,7 +29,8 @@ use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter as _;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
@@ -44,7 +45,7 @@ pub const ROW_GROUP_ROWS: usize = 65_536;
 /// The object store writer's part size (S3's minimum multipart part) and
 /// parts in flight at once, per file.
 const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
-const UPLOADS_IN_FLIGHT: usize = 2;
+const UPLOADS_IN_FLIGHT: usize = 1;
 /// The error of an export stopped by shutdown.
 pub const INTERRUPTED: &str = "interrupted by shutdown: the replica running this export stopped";
 
@@ -389,6 +390,7 @@ impl Exporter {
             if lost.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err("another replica judged this export dead".to_owned());
             }
+            let page_started = Instant::now();
             let rows = self
                 .0
                 .store
@@ -399,21 +401,28 @@ impl Exporter {
                 return Ok(());
             };
             after = final_row.seq;
-            let (c, r): (Vec<&ExportRow>, Vec<&ExportRow>) =
-                rows.iter().partition(|row| row.kind == "completions");
+            let (c, r): (Vec<ExportRow>, Vec<ExportRow>) =
+                rows.into_iter().partition(|row| row.kind == "completions");
+            let (c_len, r_len) = (c.len(), r.len());
             let written = async {
-                completions.write(&c).await?;
-                responses.write(&r).await
+                completions.write(c).await?;
+                responses.write(r).await
             };
             written.await.map_err(|err| self.location_error(&err))?;
-            let mut now = progress.lock().unwrap_or_else(PoisonError::into_inner);
-            now.completion_count += i64::try_from(c.len()).unwrap_or(i64::MAX);
-            now.response_count += i64::try_from(r.len()).unwrap_or(i64::MAX);
-            now.parquet_bytes = completions.bytes() + responses.bytes();
-            now.message = format!(
-                "exported {} entries",
-                now.completion_count + now.response_count
-            );
+            {
+                let mut now = progress.lock().unwrap_or_else(PoisonError::into_inner);
+                now.completion_count += i64::try_from(c_len).unwrap_or(i64::MAX);
+                now.response_count += i64::try_from(r_len).unwrap_or(i64::MAX);
+                now.parquet_bytes = completions.bytes() + responses.bytes();
+                now.message = format!(
+                    "exported {} entries",
+                    now.completion_count + now.response_count
+                );
+            }
+            // A background job: it rests as long as each page took, so that
+            // it takes at most about half of a core (and of the database's
+            // time) from API traffic.
+            tokio::time::sleep(page_started.elapsed()).await;
         }
     }
 }
@@ -445,13 +454,42 @@ fn child(base: &ObjectPath, name: &str) -> ObjectPath {
     }
 }
 
-/// One Parquet file being written to the object store.
+/// One Parquet file being written to the object store. Encoding (CPU work)
+/// runs on tokio's blocking pool, a page at a time, into an in-memory
+/// buffer that is then handed to the object store's writer: API requests on
+/// the runtime's threads never wait behind it.
 struct FileWriter {
     path: ObjectPath,
-    writer: Option<AsyncArrowWriter<BufWriter>>,
+    writer: Option<ArrowWriter<SharedBuffer>>,
+    buffer: SharedBuffer,
+    upload: BufWriter,
     schema: SchemaRef,
-    /// The file's size once finished.
-    finished_bytes: i64,
+    /// Bytes handed to the upload so far.
+    uploaded: i64,
+}
+
+/// What the sync Parquet writer writes into; drained after every page.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type ParquetResult<T> = Result<T, parquet::errors::ParquetError>;
+
+fn join_error(err: &tokio::task::JoinError) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::General(format!("the encoding task failed: {err}"))
 }
 
 impl FileWriter {
@@ -463,54 +501,78 @@ impl FileWriter {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         let schema = schema();
-        let writer = AsyncArrowWriter::try_new(upload, Arc::clone(&schema), Some(properties))
+        let buffer = SharedBuffer::default();
+        let writer = ArrowWriter::try_new(buffer.clone(), Arc::clone(&schema), Some(properties))
             .map_err(|err| format!("cannot start a Parquet file: {err}"))?;
         Ok(Self {
             path,
             writer: Some(writer),
+            buffer,
+            upload,
             schema,
-            finished_bytes: 0,
+            uploaded: 0,
         })
     }
 
     fn bytes(&self) -> i64 {
-        self.writer.as_ref().map_or(self.finished_bytes, |writer| {
-            i64::try_from(writer.bytes_written() + writer.in_progress_size()).unwrap_or(i64::MAX)
-        })
+        let pending = self
+            .writer
+            .as_ref()
+            .map_or(0, ArrowWriter::in_progress_size);
+        self.uploaded + i64::try_from(pending).unwrap_or(i64::MAX)
     }
 
-    async fn write(&mut self, rows: &[&ExportRow]) -> Result<(), parquet::errors::ParquetError> {
-        if rows.is_empty() {
+    /// Hands what the encoder wrote so far to the upload.
+    async fn drain(&mut self) -> ParquetResult<()> {
+        let bytes =
+            std::mem::take(&mut *self.buffer.0.lock().unwrap_or_else(PoisonError::into_inner));
+        if bytes.is_empty() {
             return Ok(());
         }
-        let batch = record_batch(&self.schema, rows)?;
-        match self.writer.as_mut() {
-            Some(writer) => writer.write(&batch).await,
-            None => Ok(()),
-        }
+        self.uploaded += i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        self.upload.write(bytes::Bytes::from(bytes)).await
     }
 
-    async fn finish(&mut self) -> Result<(), parquet::errors::ParquetError> {
-        if let Some(mut writer) = self.writer.take() {
-            writer.finish().await?;
-            self.finished_bytes = i64::try_from(writer.bytes_written()).unwrap_or(i64::MAX);
+    async fn write(&mut self, rows: Vec<ExportRow>) -> ParquetResult<()> {
+        let Some(mut writer) = self.writer.take() else {
+            return Ok(());
+        };
+        if rows.is_empty() {
+            self.writer = Some(writer);
+            return Ok(());
+        }
+        let schema = Arc::clone(&self.schema);
+        let (writer, encoded) = tokio::task::spawn_blocking(move || {
+            let encoded = record_batch(&schema, &rows).and_then(|batch| writer.write(&batch));
+            (writer, encoded)
+        })
+        .await
+        .map_err(|err| join_error(&err))?;
+        self.writer = Some(writer);
+        encoded?;
+        self.drain().await
+    }
+
+    async fn finish(&mut self) -> ParquetResult<()> {
+        if let Some(writer) = self.writer.take() {
+            tokio::task::spawn_blocking(move || writer.close())
+                .await
+                .map_err(|err| join_error(&err))??;
+            self.drain().await?;
+            self.upload.complete().await?;
         }
         Ok(())
     }
 
     /// Drops what was written (an incomplete multipart upload is aborted).
     async fn abort(&mut self) {
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.into_inner().abort().await;
-        }
+        self.writer = None;
+        let _ = self.upload.abort().await;
     }
 }
 
 /// `rows` as one batch of [`schema`].
-fn record_batch(
-    schema: &SchemaRef,
-    rows: &[&ExportRow],
-) -> Result<RecordBatch, parquet::errors::ParquetError> {
+fn record_batch(schema: &SchemaRef, rows: &[ExportRow]) -> ParquetResult<RecordBatch> {
     let text = |value: fn(&ExportRow) -> Option<&str>| -> ArrayRef {
         let mut builder = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
         for row in rows {
