@@ -14,8 +14,9 @@
 //!
 //! Rows are read in keyset pages by `seq` (up to the highest `seq` when the
 //! export started) and written a page at a time into row groups of
-//! [`ROW_GROUP_ROWS`] rows, through `AsyncArrowWriter` over object_store's
-//! buffered multipart writer: memory stays flat in the number of entries.
+//! [`ROW_GROUP_ROWS`] rows by parquet's `ArrowWriter` on tokio's blocking
+//! pool, and handed to object_store's buffered multipart writer: memory
+//! does not grow with the number of entries.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ use crate::worker::{WorkerContext, WorkerResult};
 
 /// Rows per Parquet row group: what one file holds in memory at most,
 /// encoded, before it goes to the object store.
-pub const ROW_GROUP_ROWS: usize = 65_536;
+pub const ROW_GROUP_ROWS: usize = 16_384;
 /// The object store writer's part size (S3's minimum multipart part) and
 /// parts in flight at once, per file.
 const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
