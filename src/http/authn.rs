@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tower::{Layer, Service};
 
+use super::trace::RequestSpan;
 use super::{AppError, AppState};
 use crate::auth::{self, AuthError, Caller, Principal, Requirement};
 use crate::feedback::{EndUserId, FieldError};
@@ -104,7 +105,7 @@ fn admit(
 ) -> Result<(), AppError> {
     let principal = outcome?;
     if let Some(tenant) = principal.tenant() {
-        tracing::Span::current().record("tenant", tenant.as_str());
+        RequestSpan::record(request, "tenant", tenant.as_str());
     }
     // A token counts in its own bucket only: browsers cannot spend the
     // minting backend's.
