@@ -629,7 +629,7 @@ mod tests {
         fn export_locations_parse_to_what_they_name(
             bucket in "[a-z0-9][a-z0-9.-]{2,30}",
             prefix in "(/[a-z0-9_-]{1,10}){0,3}/?",
-            dir in "(/|\\./)?[a-zA-Z0-9_. -]{1,20}(/[a-zA-Z0-9_.-]{1,10}){0,3}",
+            dir in "(/|\\./)?[a-zA-Z0-9_.-][a-zA-Z0-9_. -]{0,19}(/[a-zA-Z0-9_.-]{1,10}){0,3}",
             scheme in "[a-z][a-z0-9+]{0,8}",
         ) {
             let s3 = ExportLocation::parse(&format!("s3://{bucket}{prefix}")).unwrap();
