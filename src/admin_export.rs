@@ -13,10 +13,10 @@
 //! shutdown").
 //!
 //! Rows are read in keyset pages by `seq` (up to the highest `seq` when the
-//! export started) and written a page at a time into row groups of
-//! [`ROW_GROUP_ROWS`] rows by parquet's `ArrowWriter` on tokio's blocking
-//! pool, and handed to object_store's buffered multipart writer: memory
-//! does not grow with the number of entries.
+//! export started) and written a page at a time into row groups of at most
+//! [`ROW_GROUP_ROWS`] rows or [`ROW_GROUP_BYTES`] by parquet's `ArrowWriter`
+//! on one thread of the export's own, and handed to object_store's buffered
+//! multipart writer: memory does not grow with the number of entries.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter as _;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use tokio::sync::mpsc;
 
 use crate::config::{ExportArgs, ExportLocation};
@@ -43,6 +44,11 @@ use crate::worker::{WorkerContext, WorkerResult};
 /// Rows per Parquet row group: what one file holds in memory at most,
 /// encoded, before it goes to the object store.
 pub const ROW_GROUP_ROWS: usize = 16_384;
+/// ... or fewer rows, when their encoded estimate reaches this (long
+/// descriptions): what bounds the row group's memory whatever the entries.
+pub const ROW_GROUP_BYTES: usize = 4 * 1024 * 1024;
+/// Columns written without a dictionary: (nearly) every value differs.
+const UNIQUE_COLUMNS: [&str; 4] = ["id", "description", "created_at", "updated_at"];
 /// The object store writer's part size (S3's minimum multipart part) and
 /// parts in flight at once, per file.
 const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
@@ -339,20 +345,27 @@ impl Exporter {
         let stamp = job.started_at.format("%Y%m%dT%H%M%S%3fZ");
         let short_id = job.id.get(..8).unwrap_or(&job.id);
         let name = |kind: &str| format!("feedback-{kind}-{stamp}-{short_id}.parquet");
-        let mut completions = FileWriter::new(&store, child(&base, &name("completions")))?;
-        let mut responses = FileWriter::new(&store, child(&base, &name("responses")))?;
+        let mut files = Files {
+            completions: FileUpload::new(&store, child(&base, &name("completions"))),
+            responses: FileUpload::new(&store, child(&base, &name("responses"))),
+            buffered: 0,
+        };
+        let encoder = Encoder::start()?;
         let outcome = self
-            .write_rows(&mut completions, &mut responses, progress, context, lost)
+            .write_rows(&encoder, &mut files, progress, context, lost)
             .await;
         if let Err(error) = outcome {
-            completions.abort().await;
-            responses.abort().await;
+            drop(encoder);
+            files.completions.abort().await;
+            files.responses.abort().await;
             return Err(error);
         }
         set_stage(progress, "uploading", "finishing the files");
         let written = async {
-            completions.finish().await?;
-            responses.finish().await
+            let footers = encoder.ask(EncodeRequest::Finish).await?;
+            files.append(footers).await?;
+            files.completions.finish().await?;
+            files.responses.finish().await
         };
         if let Err(err) = written.await {
             return Err(self.location_error(&err));
@@ -360,23 +373,24 @@ impl Exporter {
         progress
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .parquet_bytes = completions.bytes() + responses.bytes();
+            .parquet_bytes = files.bytes();
+        let (completions, responses) = (&files.completions, &files.responses);
         let location = self.location();
-        let url = |file: &FileWriter| match &self.0.location {
+        let url = |file: &FileUpload| match &self.0.location {
             ExportLocation::Local(dir) => dir.join(file.path.as_ref()).display().to_string(),
             ExportLocation::S3 { bucket, .. } => format!("s3://{bucket}/{}", file.path),
         };
         Ok(JobFiles {
             output_path: location,
-            completions_file: url(&completions),
-            responses_file: url(&responses),
+            completions_file: url(completions),
+            responses_file: url(responses),
         })
     }
 
     async fn write_rows(
         &self,
-        completions: &mut FileWriter,
-        responses: &mut FileWriter,
+        encoder: &Encoder,
+        files: &mut Files,
         progress: &Mutex<JobProgress>,
         context: &WorkerContext,
         lost: &std::sync::atomic::AtomicBool,
@@ -402,19 +416,18 @@ impl Exporter {
                 return Ok(());
             };
             after = final_row.seq;
-            let (c, r): (Vec<ExportRow>, Vec<ExportRow>) =
-                rows.into_iter().partition(|row| row.kind == "completions");
-            let (c_len, r_len) = (c.len(), r.len());
+            let c_len = rows.iter().filter(|row| row.kind == "completions").count();
+            let r_len = rows.len() - c_len;
             let written = async {
-                completions.write(c).await?;
-                responses.write(r).await
+                let page = encoder.ask(EncodeRequest::Rows(rows)).await?;
+                files.append(page).await
             };
             written.await.map_err(|err| self.location_error(&err))?;
             {
                 let mut now = progress.lock().unwrap_or_else(PoisonError::into_inner);
                 now.completion_count += i64::try_from(c_len).unwrap_or(i64::MAX);
                 now.response_count += i64::try_from(r_len).unwrap_or(i64::MAX);
-                now.parquet_bytes = completions.bytes() + responses.bytes();
+                now.parquet_bytes = files.bytes();
                 now.message = format!(
                     "exported {} entries",
                     now.completion_count + now.response_count
@@ -455,136 +468,228 @@ fn child(base: &ObjectPath, name: &str) -> ObjectPath {
     }
 }
 
-/// One Parquet file being written to the object store. Encoding (CPU work)
-/// runs on tokio's blocking pool, a page at a time, into an in-memory
-/// buffer that is then handed to the object store's writer: API requests on
-/// the runtime's threads never wait behind it.
-struct FileWriter {
-    path: ObjectPath,
-    writer: Option<ArrowWriter<SharedBuffer>>,
-    buffer: SharedBuffer,
-    upload: BufWriter,
-    schema: SchemaRef,
-    /// Bytes handed to the upload so far.
-    uploaded: i64,
+/// Both files' Parquet encoders, on one thread of their own for the whole
+/// export: pages of entries go in, the encoded bytes of each file come
+/// back (a bounded channel, one page at a time). Encoding (CPU work) never
+/// runs on the runtime's threads, so API requests never wait behind it, and
+/// every buffer the encoding allocates and frees (batches, the row groups
+/// being built, their output) stays on that one thread, whose allocator
+/// heap reuses them page after page instead of spreading them over the
+/// blocking pool's threads.
+struct Encoder {
+    requests: Option<mpsc::Sender<(EncodeRequest, EncodeReply)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// What the sync Parquet writer writes into; drained after every page.
-#[derive(Clone, Default)]
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+/// What the encoder thread is asked to do.
+enum EncodeRequest {
+    /// Encode these entries (both kinds) into their files.
+    Rows(Vec<ExportRow>),
+    /// Write the files' last row groups and footers.
+    Finish,
+}
 
-impl std::io::Write for SharedBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
+type EncodeReply = tokio::sync::oneshot::Sender<ParquetResult<Encoded>>;
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// What one request encoded: the bytes that follow in each file.
+#[derive(Default)]
+struct Encoded {
+    completions: Vec<u8>,
+    responses: Vec<u8>,
+    /// Bytes held in both files' unfinished row groups.
+    buffered: usize,
 }
 
 type ParquetResult<T> = Result<T, parquet::errors::ParquetError>;
 
-fn join_error(err: &tokio::task::JoinError) -> parquet::errors::ParquetError {
-    parquet::errors::ParquetError::General(format!("the encoding task failed: {err}"))
+fn encoder_gone() -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::General("the encoding thread stopped".to_owned())
 }
 
-impl FileWriter {
-    fn new(store: &Arc<dyn ObjectStore>, path: ObjectPath) -> Result<Self, String> {
-        let upload = BufWriter::with_capacity(Arc::clone(store), path.clone(), UPLOAD_PART_BYTES)
-            .with_max_concurrency(UPLOADS_IN_FLIGHT);
-        let properties = WriterProperties::builder()
+impl Encoder {
+    fn start() -> Result<Self, String> {
+        let mut properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .build();
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES));
+        // Columns of (nearly) unique values gain nothing from a dictionary;
+        // building one per row group and falling back costs memory and time.
+        for column in UNIQUE_COLUMNS {
+            properties = properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+        let properties = properties.build();
         let schema = schema();
-        let buffer = SharedBuffer::default();
-        let writer = ArrowWriter::try_new(buffer.clone(), Arc::clone(&schema), Some(properties))
-            .map_err(|err| format!("cannot start a Parquet file: {err}"))?;
+        let file = || {
+            ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(properties.clone()))
+                .map_err(|err| format!("cannot start a Parquet file: {err}"))
+        };
+        let files = (file()?, file()?);
+        let (requests, inbox) = mpsc::channel(1);
+        let thread = std::thread::Builder::new()
+            .name("admin-export".to_owned())
+            .spawn(move || encode(&schema, files, inbox))
+            .map_err(|err| format!("cannot start the export's encoding thread: {err}"))?;
         Ok(Self {
-            path,
-            writer: Some(writer),
-            buffer,
-            upload,
-            schema,
-            uploaded: 0,
+            requests: Some(requests),
+            thread: Some(thread),
         })
     }
 
-    fn bytes(&self) -> i64 {
-        let pending = self
-            .writer
-            .as_ref()
-            .map_or(0, ArrowWriter::in_progress_size);
-        self.uploaded + i64::try_from(pending).unwrap_or(i64::MAX)
+    async fn ask(&self, request: EncodeRequest) -> ParquetResult<Encoded> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let requests = self.requests.as_ref().ok_or_else(encoder_gone)?;
+        requests
+            .send((request, reply))
+            .await
+            .map_err(|_| encoder_gone())?;
+        answer.await.map_err(|_| encoder_gone())?
+    }
+}
+
+impl Drop for Encoder {
+    /// Ends the thread (its channel closes) without waiting for it: it
+    /// stops after the page it is encoding, if any.
+    fn drop(&mut self) {
+        self.requests = None;
+        drop(self.thread.take());
+    }
+}
+
+/// The encoder thread: serves requests until the channel closes.
+fn encode(
+    schema: &SchemaRef,
+    files: (ArrowWriter<Vec<u8>>, ArrowWriter<Vec<u8>>),
+    mut inbox: mpsc::Receiver<(EncodeRequest, EncodeReply)>,
+) {
+    let mut files = Some(files);
+    while let Some((request, reply)) = inbox.blocking_recv() {
+        let encoded = match (request, files.as_mut()) {
+            (EncodeRequest::Rows(rows), Some((completions, responses))) => {
+                encode_rows(schema, &rows, "completions", completions).and_then(|c| {
+                    let r = encode_rows(schema, &rows, "responses", responses)?;
+                    Ok(Encoded {
+                        completions: c,
+                        responses: r,
+                        buffered: completions.in_progress_size() + responses.in_progress_size(),
+                    })
+                })
+            }
+            (EncodeRequest::Finish, Some(_)) => files.take().map_or_else(
+                || Err(encoder_gone()),
+                |(completions, responses)| finish_files(completions, responses),
+            ),
+            (_, None) => Err(encoder_gone()),
+        };
+        if reply.send(encoded).is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes both files' last row groups and footers; their last bytes.
+fn finish_files(
+    completions: ArrowWriter<Vec<u8>>,
+    responses: ArrowWriter<Vec<u8>>,
+) -> ParquetResult<Encoded> {
+    Ok(Encoded {
+        completions: completions.into_inner()?,
+        responses: responses.into_inner()?,
+        buffered: 0,
+    })
+}
+
+/// Encodes the entries of `kind` among `rows`; the bytes the file grew by.
+fn encode_rows(
+    schema: &SchemaRef,
+    rows: &[ExportRow],
+    kind: &str,
+    file: &mut ArrowWriter<Vec<u8>>,
+) -> ParquetResult<Vec<u8>> {
+    let batch = record_batch(schema, rows, kind)?;
+    file.write(&batch)?;
+    // Taking what the writer wrote so far only moves bytes out of its sink;
+    // its offsets count what went in.
+    Ok(std::mem::take(file.inner_mut()))
+}
+
+/// Both files' uploads, and what the encoder still holds of them.
+struct Files {
+    completions: FileUpload,
+    responses: FileUpload,
+    buffered: usize,
+}
+
+impl Files {
+    /// Appends what the encoder wrote to each file.
+    async fn append(&mut self, encoded: Encoded) -> ParquetResult<()> {
+        self.buffered = encoded.buffered;
+        self.completions.write(encoded.completions).await?;
+        self.responses.write(encoded.responses).await
     }
 
-    /// Hands what the encoder wrote so far to the upload.
-    async fn drain(&mut self) -> ParquetResult<()> {
-        let bytes =
-            std::mem::take(&mut *self.buffer.0.lock().unwrap_or_else(PoisonError::into_inner));
+    /// Bytes written so far, both files (those uploaded and those in the
+    /// row groups being built).
+    fn bytes(&self) -> i64 {
+        self.completions.uploaded
+            + self.responses.uploaded
+            + i64::try_from(self.buffered).unwrap_or(i64::MAX)
+    }
+}
+
+/// One Parquet file's upload to the object store: the encoder's bytes, in
+/// order, through object_store's buffered multipart writer.
+struct FileUpload {
+    path: ObjectPath,
+    upload: BufWriter,
+    /// Bytes handed to the upload so far.
+    uploaded: i64,
+}
+
+impl FileUpload {
+    fn new(store: &Arc<dyn ObjectStore>, path: ObjectPath) -> Self {
+        let upload = BufWriter::with_capacity(Arc::clone(store), path.clone(), UPLOAD_PART_BYTES)
+            .with_max_concurrency(UPLOADS_IN_FLIGHT);
+        Self {
+            path,
+            upload,
+            uploaded: 0,
+        }
+    }
+
+    async fn write(&mut self, bytes: Vec<u8>) -> ParquetResult<()> {
         if bytes.is_empty() {
             return Ok(());
         }
         self.uploaded += i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        // Copied into the writer's own part buffer (written in blocks), so
+        // the encoder's buffer is freed now, whatever its spare capacity.
         self.upload.write(bytes::Bytes::from(bytes)).await
     }
 
-    async fn write(&mut self, rows: Vec<ExportRow>) -> ParquetResult<()> {
-        let Some(mut writer) = self.writer.take() else {
-            return Ok(());
-        };
-        if rows.is_empty() {
-            self.writer = Some(writer);
-            return Ok(());
-        }
-        let schema = Arc::clone(&self.schema);
-        let (writer, encoded) = tokio::task::spawn_blocking(move || {
-            let encoded = record_batch(&schema, &rows).and_then(|batch| writer.write(&batch));
-            (writer, encoded)
-        })
-        .await
-        .map_err(|err| join_error(&err))?;
-        self.writer = Some(writer);
-        encoded?;
-        self.drain().await
-    }
-
     async fn finish(&mut self) -> ParquetResult<()> {
-        if let Some(writer) = self.writer.take() {
-            tokio::task::spawn_blocking(move || writer.close())
-                .await
-                .map_err(|err| join_error(&err))??;
-            self.drain().await?;
-            self.upload.complete().await?;
-        }
-        Ok(())
+        self.upload.complete().await
     }
 
     /// Drops what was written (an incomplete multipart upload is aborted).
     async fn abort(&mut self) {
-        self.writer = None;
         let _ = self.upload.abort().await;
     }
 }
 
-/// `rows` as one batch of [`schema`].
-fn record_batch(schema: &SchemaRef, rows: &[ExportRow]) -> ParquetResult<RecordBatch> {
+/// The entries of `kind` among `rows` as one batch of [`schema`].
+fn record_batch(schema: &SchemaRef, rows: &[ExportRow], kind: &str) -> ParquetResult<RecordBatch> {
+    let rows = || rows.iter().filter(|row| row.kind == kind);
+    let count = rows().count();
     let text = |value: fn(&ExportRow) -> Option<&str>| -> ArrayRef {
-        let mut builder = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
-        for row in rows {
+        let mut builder = StringBuilder::with_capacity(count, count * 16);
+        for row in rows() {
             builder.append_option(value(row));
         }
         Arc::new(builder.finish())
     };
     let time = |value: fn(&ExportRow) -> DateTime<Utc>| -> ArrayRef {
-        let mut builder =
-            TimestampMillisecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
-        for row in rows {
+        let mut builder = TimestampMillisecondBuilder::with_capacity(count).with_timezone("UTC");
+        for row in rows() {
             builder.append_value(value(row).timestamp_millis());
         }
         Arc::new(builder.finish())
