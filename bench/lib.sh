@@ -8,7 +8,9 @@ ADMIN_URL="${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 BENCH_KEY="lfk_bench$(head -c 64 /dev/urandom | od -An -tx1 | tr -dc 0-9a-f | head -c 36)"
 SERVER_PID=""
 WORK_DIR="$(mktemp -d /tmp/llm-feedback-bench.XXXXXX)"
-CREATED_DBS=()
+# The databases fresh_pg_database made, one a line: a file, because it runs
+# in a command substitution's subshell, where an array append is lost.
+CREATED_DBS="$WORK_DIR/created-databases"
 
 say() { printf '%s\n' "$*" >&2; }
 
@@ -35,7 +37,7 @@ build_release() {
 fresh_pg_database() {
     local name="llm_feedback_bench_$(date +%s)_$RANDOM"
     psql "$ADMIN_URL" -qAt -c "create database $name" >/dev/null
-    CREATED_DBS+=("$name")
+    echo "$name" >>"$CREATED_DBS"
     python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/"+sys.argv[2])))' "$ADMIN_URL" "$name"
 }
 
@@ -71,9 +73,12 @@ peak_rss_kib() { awk '/^VmHWM/ {print $2}' "/proc/$SERVER_PID/status"; }
 
 cleanup() {
     stop_server
-    for db in "${CREATED_DBS[@]}"; do
-        psql "$ADMIN_URL" -qAt -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
-    done
+    if [[ -f $CREATED_DBS ]]; then
+        local db
+        while read -r db; do
+            psql "$ADMIN_URL" -qAt -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
+        done <"$CREATED_DBS"
+    fi
     rm -rf "$WORK_DIR"
 }
 trap cleanup EXIT

@@ -34,7 +34,10 @@ check_sdk() {
     install_sdk "$version"
     # shellcheck source=scripts/lib/live_server.sh
     source "$ROOT/scripts/lib/live_server.sh"
-    LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" \
+    # An admin key for the admin export, made as an operator would.
+    local admin_key
+    admin_key="$(DATABASE_URL="sqlite://$LIVE_WORK/live.db" "$LIVE_BIN" keys create --admin --name sdk-check 2>/dev/null)"
+    LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$KEY" LLM_FEEDBACK_ADMIN_KEY="$admin_key" \
         "$ROOT/target/sdk-venv-$version/bin/python" "$ROOT/tests/sdk/mka1_sdk_check.py"
     # A create whose answer is lost, retried by the SDK (issue 13): the
     # latest release, whose calls take `http_headers=`.

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use std::num::NonZeroU32;
 
+use crate::admin_export::Exporter;
 use crate::auth;
 use crate::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
 use crate::feedback::TenantId;
@@ -76,7 +77,7 @@ impl Application {
             })?;
         if let Some(key) = first_run_key {
             let addr = listener.local_addr().unwrap_or(serve.listen_addr);
-            print_first_run_banner(&key.secret, &key.record.tenant, addr);
+            print_first_run_banner(&key.secret, key.record.tenant.as_ref(), addr);
         }
         Ok(Self {
             listener,
@@ -138,7 +139,12 @@ impl Application {
         let token_rate_limiter = NonZeroU32::new(self.serve.token_rate_limit_per_minute)
             .map(|per_minute| Arc::new(KeyRateLimiter::per_minute(per_minute)));
         let authenticator = auth::Authenticator::new(Arc::clone(&self.store), self.tokens.clone());
-        start_workers(&mut self.workers, &authenticator);
+        let exporter = Exporter::new(Arc::clone(&self.store), &self.serve.export);
+        tokio::spawn({
+            let exporter = exporter.clone();
+            async move { exporter.check_location().await }
+        });
+        start_workers(&mut self.workers, &authenticator, &exporter);
         start_safe_write_workers(&mut self.workers, &self.store, &self.serve);
         let router = http::router(
             Arc::clone(&self.store),
@@ -150,6 +156,7 @@ impl Application {
             },
             self.serve.export_max_rows,
             &settings,
+            exporter,
         );
         let connections = http::ConnectionSettings {
             header_read_timeout: self.serve.header_read_timeout(),
@@ -179,7 +186,7 @@ impl Application {
 
 /// Starts the background workers, in the order they depend on each other
 /// (shutdown stops them in reverse). A new worker goes here.
-fn start_workers(workers: &mut Workers, authenticator: &auth::Authenticator) {
+fn start_workers(workers: &mut Workers, authenticator: &auth::Authenticator, exporter: &Exporter) {
     // Histogram samples pile up until upkeep folds them into buckets;
     // without a scraper that would be never: memory would grow with every
     // request.
@@ -203,6 +210,13 @@ fn start_workers(workers: &mut Workers, authenticator: &auth::Authenticator) {
             }
             Ok(())
         }
+    });
+    // Runs the admin exports this replica accepted; stopped first, so that
+    // a running export is closed FAILED while the store is still open.
+    let exporter = exporter.clone();
+    workers.spawn("admin-export", move |context: WorkerContext| {
+        let exporter = exporter.clone();
+        async move { exporter.serve(context).await }
     });
 }
 
@@ -265,7 +279,8 @@ async fn bootstrap_keys(
     Ok(Some(key))
 }
 
-fn print_first_run_banner(secret: &str, tenant: &TenantId, addr: SocketAddr) {
+fn print_first_run_banner(secret: &str, tenant: Option<&TenantId>, addr: SocketAddr) {
+    let tenant = tenant.map_or("", TenantId::as_str);
     let host = if addr.ip().is_unspecified() {
         format!("127.0.0.1:{}", addr.port())
     } else {

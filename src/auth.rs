@@ -71,13 +71,24 @@ pub struct GeneratedKey {
 /// Generates a new key for `tenant`.
 #[must_use]
 pub fn generate_key(tenant: TenantId, name: Option<String>) -> GeneratedKey {
+    generate(Some(tenant), name)
+}
+
+/// Generates a new admin key: no tenant, only the admin export
+/// (`keys create --admin`).
+#[must_use]
+pub fn generate_admin_key(name: Option<String>) -> GeneratedKey {
+    generate(None, name)
+}
+
+fn generate(tenant: Option<TenantId>, name: Option<String>) -> GeneratedKey {
     let random: String = rand::rng()
         .sample_iter(Alphanumeric)
         .take(SECRET_RANDOM_CHARS)
         .map(char::from)
         .collect();
     let secret = format!("{SECRET_PREFIX}{random}");
-    let record = key_record(&secret, tenant, name);
+    let record = record(&secret, tenant, name);
     GeneratedKey { secret, record }
 }
 
@@ -86,6 +97,10 @@ pub fn generate_key(tenant: TenantId, name: Option<String>) -> GeneratedKey {
 /// provisioning the same secret computes the same row.
 #[must_use]
 pub fn key_record(secret: &str, tenant: TenantId, name: Option<String>) -> NewApiKey {
+    record(secret, Some(tenant), name)
+}
+
+fn record(secret: &str, tenant: Option<TenantId>, name: Option<String>) -> NewApiKey {
     let secret_hash = hash_secret(secret);
     NewApiKey {
         id: format!("key_{}", &secret_hash[..16]),
@@ -131,6 +146,37 @@ pub struct KeyIdentity {
     pub tenant: TenantId,
 }
 
+/// The identity behind a valid admin key (no tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminIdentity {
+    /// The key's public id.
+    pub key_id: String,
+}
+
+/// What an active key stands for: a tenant's key or an admin key.
+#[derive(Debug, Clone)]
+enum Holder {
+    Tenant(Arc<KeyIdentity>),
+    Admin(Arc<AdminIdentity>),
+}
+
+impl Holder {
+    fn new(key_id: String, tenant: Option<TenantId>) -> Self {
+        match tenant {
+            Some(tenant) => Self::Tenant(Arc::new(KeyIdentity { key_id, tenant })),
+            None => Self::Admin(Arc::new(AdminIdentity { key_id })),
+        }
+    }
+
+    /// A tenant key's identity (what may mint tokens); `None` for an admin key.
+    fn tenant_key(self) -> Option<Arc<KeyIdentity>> {
+        match self {
+            Self::Tenant(key) => Some(key),
+            Self::Admin(_) => None,
+        }
+    }
+}
+
 /// Verifies bearer secrets: against an in-memory set of the active keys'
 /// hashes, reloaded every [`KEY_SET_REFRESH`], so that neither a valid key
 /// nor a made-up one costs a database round trip; a key missing from the set
@@ -147,7 +193,7 @@ struct Verifier {
     keys: RwLock<KeySet>,
     /// Outcomes of lookups of keys missing from the set; concurrent lookups
     /// of one key share a single query.
-    lookups: Cache<String, Option<Arc<KeyIdentity>>>,
+    lookups: Cache<String, Option<Holder>>,
     /// The lookups' budget: per second, and at once.
     budget: DefaultDirectRateLimiter,
     slots: Semaphore,
@@ -156,13 +202,10 @@ struct Verifier {
 impl Verifier {
     /// The key that `find` picks from the key set, if the set is fresh; and
     /// whether it is.
-    fn known(
-        &self,
-        find: impl FnOnce(&KeySet) -> Option<&Arc<KeyIdentity>>,
-    ) -> (Option<Arc<KeyIdentity>>, bool) {
+    fn known<T: Clone>(&self, find: impl FnOnce(&KeySet) -> Option<&T>) -> (Option<T>, bool) {
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
         let fresh = keys.is_fresh();
-        let known = find(&keys).filter(|_| fresh).map(Arc::clone);
+        let known = find(&keys).filter(|_| fresh).cloned();
         (known, fresh)
     }
 }
@@ -171,7 +214,7 @@ impl Verifier {
 /// tokens they minted), as of one query.
 #[derive(Default)]
 struct KeySet {
-    by_hash: HashMap<String, Arc<KeyIdentity>>,
+    by_hash: HashMap<String, Holder>,
     by_id: HashMap<String, Arc<KeyIdentity>>,
     /// When the query that loaded it began; `None` until the first load.
     loaded_at: Option<Instant>,
@@ -222,12 +265,15 @@ fn token_principal(
 }
 
 /// The principal of a verified key, or `Unauthorized` (counted).
-fn principal(identity: Option<Arc<KeyIdentity>>) -> Result<Principal, AuthError> {
-    let Some(key) = identity else {
-        metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
-        return Err(AuthError::Unauthorized);
-    };
-    Ok(Principal::TenantKey(key))
+fn principal(identity: Option<Holder>) -> Result<Principal, AuthError> {
+    match identity {
+        Some(Holder::Tenant(key)) => Ok(Principal::TenantKey(key)),
+        Some(Holder::Admin(key)) => Ok(Principal::AdminKey(key)),
+        None => {
+            metrics::counter!(AUTH_FAILURES, "reason" => "unknown_or_revoked").increment(1);
+            Err(AuthError::Unauthorized)
+        }
+    }
 }
 
 /// Why a key missing from the set was not looked up.
@@ -331,14 +377,15 @@ impl Authenticator {
             LookupOf::TokenKey(token) => {
                 let (claims, rate_key) = *token;
                 let key_id = KeyRef::Id(claims.key_id.clone());
-                token_principal(self.find(key_id, fresh).await?, claims, rate_key)
+                let minter = self.find(key_id, fresh).await?.and_then(Holder::tenant_key);
+                token_principal(minter, claims, rate_key)
             }
         }
     }
 
     /// The identity of a key missing from the set (`None`: unknown or
     /// revoked), within the lookup budget.
-    async fn find(&self, key: KeyRef, fresh: bool) -> Result<Option<Arc<KeyIdentity>>, AuthError> {
+    async fn find(&self, key: KeyRef, fresh: bool) -> Result<Option<Holder>, AuthError> {
         let shared = &self.shared;
         // Hashes are hex, ids start with `key_`: one cache holds both.
         let cache_key = match &key {
@@ -375,12 +422,7 @@ impl Authenticator {
                 Ok(record?
                     .map_err(LookupError::Store)?
                     .filter(|r| !r.is_revoked())
-                    .map(|r| {
-                        Arc::new(KeyIdentity {
-                            key_id: r.id,
-                            tenant: r.tenant,
-                        })
-                    }))
+                    .map(|r| Holder::new(r.id, r.tenant)))
             })
             .await;
         match outcome {
@@ -430,12 +472,11 @@ async fn reload_key_set(verifier: Weak<Verifier>) {
                 let mut by_hash = HashMap::with_capacity(active.len());
                 let mut by_id = HashMap::with_capacity(active.len());
                 for key in active {
-                    let identity = Arc::new(KeyIdentity {
-                        key_id: key.id,
-                        tenant: key.tenant,
-                    });
-                    by_id.insert(identity.key_id.clone(), Arc::clone(&identity));
-                    by_hash.insert(key.secret_hash, identity);
+                    let holder = Holder::new(key.id, key.tenant);
+                    if let Holder::Tenant(identity) = &holder {
+                        by_id.insert(identity.key_id.clone(), Arc::clone(identity));
+                    }
+                    by_hash.insert(key.secret_hash, holder);
                 }
                 let count = by_hash.len();
                 *shared.keys.write().unwrap_or_else(PoisonError::into_inner) = KeySet {
@@ -496,12 +537,13 @@ impl From<&StoreError> for AuthError {
 
 /// Who a verified credential stands for (API.md, "Who may do what").
 ///
-/// An admin key (no tenant) becomes a variant here too; [`authorize`] and
-/// [`Principal::act_for`] then say what each may do, and no handler changes.
+/// [`authorize`] and [`Principal::act_for`] say what each may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     /// A tenant API key: every operation on its tenant's feedback.
     TenantKey(Arc<KeyIdentity>),
+    /// An admin key: only the admin export, across all tenants.
+    AdminKey(Arc<AdminIdentity>),
     /// A feedback token: create, update and get of one output of the
     /// minting key's tenant, as the end user it names.
     FeedbackToken(Arc<TokenGrant>),
@@ -519,21 +561,24 @@ pub struct TokenGrant {
 }
 
 impl Principal {
-    /// The key the credential was verified as, or that minted the token
-    /// (what the per-key rate limit counts and the request log names).
+    /// The tenant of the key the credential was verified as, or that minted
+    /// the token (what the request log names); `None` for an admin key.
     #[must_use]
-    pub fn key(&self) -> &Arc<KeyIdentity> {
+    pub fn tenant(&self) -> Option<&TenantId> {
         match self {
-            Self::TenantKey(key) => key,
-            Self::FeedbackToken(grant) => &grant.key,
+            Self::TenantKey(key) => Some(&key.tenant),
+            Self::AdminKey(_) => None,
+            Self::FeedbackToken(grant) => Some(&grant.key.tenant),
         }
     }
 
     /// The caller of an authorized request, acting for `end_user` (from
     /// `X-On-Behalf-Of`) or for the whole tenant. A token acts as its own
-    /// end user and refuses any other here (`Forbidden`).
+    /// end user and refuses any other here (`Forbidden`); an admin key acts
+    /// for no tenant (`Forbidden`: it is never a tenant operation's caller).
     pub fn act_for(&self, end_user: Option<EndUserId>) -> Result<Caller, AuthError> {
         match self {
+            Self::AdminKey(_) => Err(AuthError::Forbidden),
             Self::TenantKey(key) => Ok(Caller {
                 key: Arc::clone(key),
                 end_user,
@@ -568,8 +613,8 @@ pub enum Requirement {
     /// Erasing everything the tenant holds about one end user (only a
     /// tenant key, acting for the whole tenant).
     EraseEndUsers,
-    /// The admin operations across all tenants (the admin export). No route
-    /// requires it yet; tenant keys may never call them.
+    /// The admin operations across all tenants (the admin export): only
+    /// admin keys.
     AllTenants,
 }
 
@@ -598,8 +643,16 @@ pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), 
             | Requirement::MintTokens
             | Requirement::EraseEndUsers,
         )
-        | (Principal::FeedbackToken(_), Requirement::OneOutput) => Ok(()),
+        | (Principal::FeedbackToken(_), Requirement::OneOutput)
+        | (Principal::AdminKey(_), Requirement::AllTenants) => Ok(()),
         (Principal::TenantKey(_), Requirement::AllTenants)
+        | (
+            Principal::AdminKey(_),
+            Requirement::OneOutput
+            | Requirement::TenantFeedback
+            | Requirement::MintTokens
+            | Requirement::EraseEndUsers,
+        )
         | (
             Principal::FeedbackToken(_),
             Requirement::TenantFeedback
@@ -671,6 +724,7 @@ mod tests {
                 Requirement::MintTokens,
                 Requirement::EraseEndUsers,
             ],
+            Principal::AdminKey(_) => &[Requirement::AllTenants],
             Principal::FeedbackToken(_) => &[Requirement::OneOutput],
         };
         if allowed.contains(&requirement) {
@@ -728,7 +782,13 @@ mod tests {
 
     #[test]
     fn every_principal_kind_and_requirement_pair_is_decided() {
-        let principals = [tenant_key("t", "key_0"), feedback_token(Some("u-1"))];
+        let principals = [
+            tenant_key("t", "key_0"),
+            Principal::AdminKey(Arc::new(AdminIdentity {
+                key_id: "key_1".to_owned(),
+            })),
+            feedback_token(Some("u-1")),
+        ];
         let mut refused = 0;
         for principal in &principals {
             for requirement in Requirement::ALL {
@@ -741,9 +801,9 @@ mod tests {
                 refused += usize::from(outcome.is_err());
             }
         }
-        // A tenant key may not call the admin operations; a token only
-        // reaches its one output.
-        assert_eq!(refused, 5);
+        // A tenant key may not call the admin operations; an admin key
+        // only them; a token only reaches its one output.
+        assert_eq!(refused, 9);
     }
 
     #[test]

@@ -103,13 +103,26 @@ async fn run_keys(command: KeysCommand, database: &DatabaseArgs) -> Result<(), C
 
 async fn run_keys_on(command: KeysCommand, store: &dyn Store) -> Result<(), CommandError> {
     match command {
-        KeysCommand::Create { tenant, name } => {
-            let tenant = TenantId::parse(tenant).map_err(|e| format!("--tenant: {}", e.message))?;
-            let key = auth::generate_key(tenant, name);
+        KeysCommand::Create {
+            tenant,
+            admin,
+            name,
+        } => {
+            let key = match tenant {
+                Some(tenant) if !admin => auth::generate_key(
+                    TenantId::parse(tenant).map_err(|e| format!("--tenant: {}", e.message))?,
+                    name,
+                ),
+                _ => auth::generate_admin_key(name),
+            };
             store.insert_api_key(&key.record).await?;
+            let holder = key.record.tenant.as_ref().map_or_else(
+                || "an admin key (all tenants, only the admin export)".to_owned(),
+                |tenant| format!("for tenant {tenant}"),
+            );
             eprintln!(
-                "created key {} for tenant {}; the secret below is shown only once",
-                key.record.id, key.record.tenant
+                "created key {} {holder}; the secret below is shown only once",
+                key.record.id
             );
             println!("{}", key.secret);
         }
@@ -140,7 +153,7 @@ fn print_keys(keys: &[ApiKeyRecord], json: bool) -> std::io::Result<()> {
         for key in keys {
             let line = serde_json::json!({
                 "id": key.id,
-                "tenant": key.tenant.as_str(),
+                "tenant": key.tenant.as_ref().map(TenantId::as_str),
                 "name": key.name,
                 "prefix": key.prefix,
                 "created_at": time(key.created_at),
@@ -160,7 +173,7 @@ fn print_keys(keys: &[ApiKeyRecord], json: bool) -> std::io::Result<()> {
             out,
             "{:<22} {:<20} {:<20} {:<14} {:<26} {}",
             key.id,
-            key.tenant,
+            key.tenant.as_ref().map_or("(admin)", TenantId::as_str),
             key.name.as_deref().unwrap_or("-"),
             key.prefix,
             time(key.created_at),

@@ -72,8 +72,11 @@ pub enum KeysCommand {
     /// Create an API key; prints the secret, alone, on stdout.
     Create {
         /// The tenant the key acts for.
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        tenant: Option<String>,
+        /// An admin key instead: no tenant, only the admin export (all tenants).
         #[arg(long)]
-        tenant: String,
+        admin: bool,
         /// A label for humans.
         #[arg(long)]
         name: Option<String>,
@@ -152,6 +155,9 @@ pub struct ServeArgs {
     /// many days, checked hourly; unset: keep for ever.
     #[arg(long, env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub retention_days: Option<u32>,
+    /// The admin export's settings (EXPORT_*).
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 impl ServeArgs {
@@ -210,6 +216,88 @@ impl CorsOrigin {
             ));
         }
         Ok(Self::Exact(origin))
+    }
+}
+
+/// Settings of the admin export (`POST /export`).
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Where the Parquet files go: a directory, or `s3://bucket/prefix` (with
+    /// the usual `AWS_*` variables; `AWS_ENDPOINT_URL` for S3-compatible stores).
+    #[arg(long, env = "EXPORT_LOCATION", default_value = "./data/exports", value_parser = ExportLocation::parse)]
+    pub export_location: ExportLocation,
+    /// A running export whose replica sent no heartbeat for this long is
+    /// reported `FAILED` (its process died); heartbeats go every quarter of it.
+    #[arg(long, env = "EXPORT_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub export_lease_secs: u64,
+    /// Entries read from the database per query (each a keyset page).
+    #[arg(long, env = "EXPORT_BATCH_ROWS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub export_batch_rows: u32,
+}
+
+impl ExportArgs {
+    /// See `export_lease_secs`.
+    #[must_use]
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.export_lease_secs)
+    }
+}
+
+/// Where the admin export writes (`EXPORT_LOCATION`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportLocation {
+    /// A local directory (created if missing).
+    Local(std::path::PathBuf),
+    /// An S3 (or S3-compatible) bucket and key prefix (no leading or trailing `/`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix; may be empty.
+        prefix: String,
+    },
+}
+
+impl ExportLocation {
+    /// A directory path, `file:///path`, or `s3://bucket[/prefix]`; any
+    /// other scheme is refused (start-up stops with this one line).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(
+                "EXPORT_LOCATION is empty: give a directory or s3://bucket/prefix".to_owned(),
+            );
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!(
+                    "EXPORT_LOCATION {text:?} names no bucket: use s3://bucket/prefix"
+                ));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            return Ok(Self::Local(path.into()));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(format!(
+                "EXPORT_LOCATION scheme {scheme:?} is not supported: use a directory path or s3://bucket/prefix"
+            ));
+        }
+        Ok(Self::Local(text.into()))
+    }
+}
+
+impl fmt::Display for ExportLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(path) => write!(f, "{}", path.display()),
+            Self::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
     }
 }
 
@@ -542,5 +630,41 @@ mod tests {
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn export_locations_parse_to_what_they_name(
+            bucket in "[a-z0-9][a-z0-9.-]{2,30}",
+            prefix in "(/[a-z0-9_-]{1,10}){0,3}/?",
+            dir in "(/|\\./)?[a-zA-Z0-9_.-][a-zA-Z0-9_. -]{0,19}(/[a-zA-Z0-9_.-]{1,10}){0,3}",
+            scheme in "[a-z][a-z0-9+]{0,8}",
+        ) {
+            let s3 = ExportLocation::parse(&format!("s3://{bucket}{prefix}")).unwrap();
+            let want = prefix.trim_matches('/').to_owned();
+            proptest::prop_assert_eq!(&s3, &ExportLocation::S3 { bucket: bucket.clone(), prefix: want });
+            // Displayed, it parses back to itself.
+            proptest::prop_assert_eq!(ExportLocation::parse(&s3.to_string()).unwrap(), s3);
+            let local = ExportLocation::parse(&dir).unwrap();
+            proptest::prop_assert_eq!(local, ExportLocation::Local(dir.trim().into()));
+            let other = ExportLocation::parse(&format!("{scheme}://{bucket}{prefix}"));
+            if scheme == "s3" || scheme == "file" {
+                proptest::prop_assert!(other.is_ok());
+            } else {
+                let err = other.unwrap_err();
+                proptest::prop_assert!(err.contains(&scheme) && !err.contains('\n'), "{}", err);
+            }
+        }
+    }
+
+    #[test]
+    fn an_s3_location_needs_a_bucket_and_an_empty_one_is_refused() {
+        assert!(ExportLocation::parse("s3://").is_err());
+        assert!(ExportLocation::parse("s3:///x").is_err());
+        assert!(ExportLocation::parse("  ").is_err());
+        assert_eq!(
+            ExportLocation::parse("file:///var/exports").unwrap(),
+            ExportLocation::Local("/var/exports".into())
+        );
     }
 }

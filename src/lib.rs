@@ -1,6 +1,7 @@
 //! llm-feedback: records what end users think of LLM outputs.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod admin_export;
 pub mod app;
 pub mod auth;
 pub mod commands;

@@ -104,11 +104,14 @@ fn admit(
     request: &mut Request,
 ) -> Result<(), AppError> {
     let principal = outcome?;
-    RequestSpan::record(request, "tenant", principal.key().tenant.as_str());
+    if let Some(tenant) = principal.tenant() {
+        RequestSpan::record(request, "tenant", tenant.as_str());
+    }
     // A token counts in its own bucket only: browsers cannot spend the
     // minting backend's.
     let (limiter, counted) = match &principal {
         Principal::TenantKey(key) => (&state.rate_limiters.keys, &key.key_id),
+        Principal::AdminKey(key) => (&state.rate_limiters.keys, &key.key_id),
         Principal::FeedbackToken(grant) => (&state.rate_limiters.tokens, &grant.rate_key),
     };
     if let Some(limiter) = limiter {
@@ -173,7 +176,9 @@ where
     fn call(&mut self, mut request: Request) -> Self::Future {
         match caller(self.requirement, &request) {
             Ok(caller) => {
-                request.extensions_mut().insert(caller);
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
                 Either::Right(self.inner.call(request))
             }
             Err(err) => Either::Left(ready(Ok(err.into_response()))),
@@ -181,8 +186,9 @@ where
     }
 }
 
-/// The caller of a request to a route that requires `requirement`.
-fn caller(requirement: Requirement, request: &Request) -> Result<Caller, AppError> {
+/// The caller of a request to a route that requires `requirement`; `None`
+/// for the admin operations, which act for no tenant.
+fn caller(requirement: Requirement, request: &Request) -> Result<Option<Caller>, AppError> {
     // Left by `authenticate`, which wraps every API route.
     let principal = request
         .extensions()
@@ -190,7 +196,14 @@ fn caller(requirement: Requirement, request: &Request) -> Result<Caller, AppErro
         .ok_or(AppError::Unauthorized)?;
     auth::authorize(principal, requirement)?;
     let end_user = end_user(request.headers())?;
-    Ok(principal.act_for(end_user)?)
+    if requirement == Requirement::AllTenants {
+        // An admin key acts for no end user either.
+        return match end_user {
+            Some(_) => Err(AppError::Forbidden),
+            None => Ok(None),
+        };
+    }
+    Ok(Some(principal.act_for(end_user)?))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

@@ -4,6 +4,7 @@
 //! it requires) merged into the outer one under its prefix (operational
 //! routes, fallbacks, the layers every request passes).
 
+mod admin_export;
 mod authn;
 mod conditional;
 mod connection;
@@ -71,6 +72,8 @@ impl std::ops::Deref for AppState {
 pub struct AppServices {
     /// Where entries live.
     pub store: Arc<dyn Store>,
+    /// Starts admin exports and reads their status.
+    pub exporter: crate::admin_export::Exporter,
     /// Verifies API keys.
     pub authenticator: Authenticator,
     /// The per-key and per-token rate limits, when configured.
@@ -170,6 +173,16 @@ fn api_routes() -> OpenApiRouter<AppState> {
             Requirement::TenantFeedback,
             routes!(stats::feedback_stats),
         ))
+        // MKA1's admin export; `status` is a static segment: it wins over
+        // `GET /export/{kind}`.
+        .routes(requiring(
+            Requirement::AllTenants,
+            routes!(admin_export::start_export),
+        ))
+        .routes(requiring(
+            Requirement::AllTenants,
+            routes!(admin_export::export_status),
+        ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(
             Requirement::MintTokens,
@@ -247,10 +260,12 @@ pub fn router(
     rate_limiters: RateLimiters,
     export_max_rows: u64,
     settings: &HttpSettings,
+    exporter: crate::admin_export::Exporter,
 ) -> Router {
     let state = AppState(Arc::new(AppServices {
         authenticator,
         store,
+        exporter,
         rate_limiters,
         export_max_rows,
         exports: export::ExportLimits::new(settings.request_timeout),

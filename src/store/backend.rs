@@ -11,6 +11,10 @@ use std::future::Future;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::export::{
+    ExportJob, ExportJobRow, ExportRow, ExportRowRow, ExportStore, JobEnd, JobProgress, JobStart,
+    JobStatus, STALE_JOB_ERROR,
+};
 use super::pool::Pool;
 use super::sql::{self, Dialect, HistoryDialect, scoped_query};
 use super::writes::{KeptRow, RevisionRow};
@@ -18,7 +22,8 @@ use super::{
     ActiveApiKey, Actor, ApiKeyRecord, ApiKeyRow, ChangeParams, CountsRow, Deletion, Erasure,
     Expected, ExpiredRow, FeedbackRow, FeedbackStore, IdempotentCreate, IdempotentRequest,
     Insertion, KeptResponse, KeyInsertion, KeyStore, NewApiKey, PoolStats, Revision, Revocation,
-    Store, StoreResult, Timestamp, Update, add_counts, into_active_keys, into_page, into_position,
+    Store, StoreError, StoreResult, Timestamp, Update, add_counts, into_active_keys, into_page,
+    into_position,
 };
 use crate::feedback::stats::{Counts, DayCounts, RangePlan, StatsFilter, day_of_millis};
 use crate::feedback::{
@@ -92,8 +97,11 @@ macro_rules! for_every_backend {
             for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> CountsRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
-            for<'r> (String, String, String):
+            for<'r> (String, String, Option<String>):
                 sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'q> Option<i64>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+            for<'r> ExportJobRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> ExportRowRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
         $methods
     )*};
 }
@@ -691,7 +699,7 @@ for_every_backend! {
         async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<KeyInsertion> {
             let write = sqlx::query(<B::Database as Dialect>::INSERT_API_KEY)
                 .bind(&key.id)
-                .bind(key.tenant.as_str())
+                .bind(key.tenant.as_ref().map(TenantId::as_str))
                 .bind(key.name.as_deref())
                 .bind(&key.prefix)
                 .bind(&key.secret_hash);
@@ -760,6 +768,132 @@ for_every_backend! {
             let query = sqlx::query_as::<_, (String,)>(sql::TOKEN_SIGNING_SECRET);
             let (secret,) = run!(self.writer(), |conn| query.fetch_one(conn))?;
             Ok(secret)
+        }
+    }
+
+    impl ExportStore {
+        async fn start_export_job(
+            &self,
+            id: &str,
+            owner: &str,
+            now: DateTime<Utc>,
+            stale_before: DateTime<Utc>,
+        ) -> StoreResult<JobStart> {
+            // A job that conflicted may have ended before the select below
+            // saw it: then the insert is tried again.
+            for _ in 0..3 {
+            let outcome = transaction!(self.writer(), |tx| {
+                sqlx::query(sql::FAIL_STALE_EXPORT_JOBS)
+                    .bind(STALE_JOB_ERROR)
+                    .bind(Timestamp(now))
+                    .bind(Timestamp(stale_before))
+                    .execute(&mut **tx)
+                    .await?;
+                let inserted = sqlx::query(sql::INSERT_EXPORT_JOB)
+                    .bind(id)
+                    .bind(owner)
+                    .bind(Timestamp(now))
+                    .execute(&mut **tx)
+                    .await?;
+                let started = B::rows_affected(&inserted) == 1;
+                let running: Option<ExportJobRow> = sqlx::query_as(sql::RUNNING_EXPORT_JOB)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                (started, running)
+            })?;
+            if let (started, Some(running)) = outcome {
+                let job = ExportJob::try_from(running)?;
+                return Ok(if started {
+                    JobStart::Started(job)
+                } else {
+                    JobStart::AlreadyRunning(job)
+                });
+            }
+            }
+            Err(StoreError::Other(sqlx::Error::Protocol(
+                "export jobs kept ending while one was being started".to_owned(),
+            )))
+        }
+
+        async fn heartbeat_export_job(
+            &self,
+            id: &str,
+            progress: &JobProgress,
+            now: DateTime<Utc>,
+        ) -> StoreResult<bool> {
+            let write = sqlx::query(sql::HEARTBEAT_EXPORT_JOB)
+                .bind(id)
+                .bind(Timestamp(now))
+                .bind(progress.stage.as_str())
+                .bind(progress.message.as_str())
+                .bind(progress.completion_count)
+                .bind(progress.response_count)
+                .bind(progress.parquet_bytes);
+            let result = run!(self.writer(), |conn| write.execute(conn))?;
+            Ok(B::rows_affected(&result) == 1)
+        }
+
+        async fn finish_export_job(
+            &self,
+            id: &str,
+            end: &JobEnd,
+            now: DateTime<Utc>,
+        ) -> StoreResult<()> {
+            let (status, progress, files, duration_ms, error) = match end {
+                JobEnd::Completed { progress, files, duration_ms } => {
+                    (JobStatus::Completed, progress, Some(files), Some(*duration_ms), None)
+                }
+                JobEnd::Failed { progress, error } => {
+                    (JobStatus::Failed, progress, None, None, Some(error.as_str()))
+                }
+            };
+            let write = sqlx::query(sql::FINISH_EXPORT_JOB)
+                .bind(id)
+                .bind(status.as_str())
+                .bind(Timestamp(now))
+                .bind(progress.stage.as_str())
+                .bind(progress.message.as_str())
+                .bind(progress.completion_count)
+                .bind(progress.response_count)
+                .bind(progress.parquet_bytes)
+                .bind(files.map(|f| f.output_path.as_str()))
+                .bind(files.map(|f| f.completions_file.as_str()))
+                .bind(files.map(|f| f.responses_file.as_str()))
+                .bind(duration_ms)
+                .bind(error);
+            run!(self.writer(), |conn| write.execute(conn))?;
+            Ok(())
+        }
+
+        async fn latest_export_job(
+            &self,
+            now: DateTime<Utc>,
+            stale_before: DateTime<Utc>,
+        ) -> StoreResult<Option<ExportJob>> {
+            let write = sqlx::query(sql::FAIL_STALE_EXPORT_JOBS)
+                .bind(STALE_JOB_ERROR)
+                .bind(Timestamp(now))
+                .bind(Timestamp(stale_before));
+            run!(self.writer(), |conn| write.execute(conn))?;
+            // On the writer: sees the row the statement above may have closed.
+            let query = sqlx::query_as::<_, ExportJobRow>(sql::LATEST_EXPORT_JOB);
+            let row = run!(self.writer(), |conn| query.fetch_optional(conn))?;
+            row.map(ExportJob::try_from).transpose()
+        }
+
+        async fn max_feedback_seq(&self) -> StoreResult<i64> {
+            let query = sqlx::query_as::<_, (i64,)>(sql::MAX_FEEDBACK_SEQ);
+            let (seq,) = run!(self.readers(), |conn| query.fetch_one(conn))?;
+            Ok(seq)
+        }
+
+        async fn export_rows(&self, after: i64, upto: i64, limit: i64) -> StoreResult<Vec<ExportRow>> {
+            let query = sqlx::query_as::<_, ExportRowRow>(sql::EXPORT_ROWS)
+                .bind(after)
+                .bind(upto)
+                .bind(limit);
+            let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
+            Ok(rows.into_iter().map(ExportRow::from).collect())
         }
     }
 

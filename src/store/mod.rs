@@ -56,6 +56,7 @@ macro_rules! transaction {
 }
 
 mod backend;
+mod export;
 mod pool;
 mod postgres;
 mod sql;
@@ -76,6 +77,9 @@ use crate::feedback::{
     NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
 };
 
+pub use export::{
+    ExportJob, ExportRow, ExportStore, JobEnd, JobFiles, JobProgress, JobStart, JobStatus,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use writes::{
@@ -136,8 +140,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct NewApiKey {
     /// Public identifier, used to revoke the key.
     pub id: String,
-    /// The tenant the key acts for.
-    pub tenant: TenantId,
+    /// The tenant the key acts for; `None` for an admin key.
+    pub tenant: Option<TenantId>,
     /// A label for humans.
     pub name: Option<String>,
     /// The first characters of the secret, to recognise it in listings.
@@ -153,18 +157,26 @@ pub struct ActiveApiKey {
     pub secret_hash: String,
     /// Public identifier.
     pub id: String,
-    /// The tenant it acts for.
-    pub tenant: TenantId,
+    /// The tenant it acts for; `None` for an admin key.
+    pub tenant: Option<TenantId>,
+}
+
+/// A stored tenant column: `None` for an admin key.
+fn parse_key_tenant(tenant: Option<String>) -> StoreResult<Option<TenantId>> {
+    tenant
+        .map(TenantId::parse)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// `(secret_hash, id, tenant)` rows as both backends read them.
-fn into_active_keys(rows: Vec<(String, String, String)>) -> StoreResult<Vec<ActiveApiKey>> {
+fn into_active_keys(rows: Vec<(String, String, Option<String>)>) -> StoreResult<Vec<ActiveApiKey>> {
     rows.into_iter()
         .map(|(secret_hash, id, tenant)| {
             Ok(ActiveApiKey {
                 secret_hash,
                 id,
-                tenant: TenantId::parse(tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                tenant: parse_key_tenant(tenant)?,
             })
         })
         .collect()
@@ -175,8 +187,8 @@ fn into_active_keys(rows: Vec<(String, String, String)>) -> StoreResult<Vec<Acti
 pub struct ApiKeyRecord {
     /// Public identifier.
     pub id: String,
-    /// The tenant the key acts for.
-    pub tenant: TenantId,
+    /// The tenant the key acts for; `None` for an admin key.
+    pub tenant: Option<TenantId>,
     /// A label for humans.
     pub name: Option<String>,
     /// The first characters of the secret.
@@ -252,7 +264,7 @@ pub enum Revocation {
 /// The persistence interface, in domain words: the entries, the keys, and
 /// the database as a whole.
 #[async_trait]
-pub trait Store: FeedbackStore + KeyStore + Send + Sync + 'static {
+pub trait Store: FeedbackStore + KeyStore + ExportStore + Send + Sync + 'static {
     /// Answers when the database does.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -628,7 +640,7 @@ fn add_counts(into: &mut DayCounts, rows: Vec<CountsRow>) {
 #[derive(sqlx::FromRow)]
 struct ApiKeyRow {
     id: String,
-    tenant: String,
+    tenant: Option<String>,
     name: Option<String>,
     prefix: String,
     created_at: Timestamp,
@@ -641,7 +653,7 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
     fn try_from(row: ApiKeyRow) -> Result<Self, Self::Error> {
         Ok(Self {
             id: row.id,
-            tenant: TenantId::parse(row.tenant).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            tenant: parse_key_tenant(row.tenant)?,
             name: row.name,
             prefix: row.prefix,
             created_at: row.created_at.0,

@@ -80,6 +80,49 @@ const STATS_COUNTERS: &str = "select model, day, cast(sum(total) as bigint) as t
          cast(sum(with_description) as bigint) as with_description
      from feedback_counters";
 
+/// The columns of an export job, as `ExportJobRow` reads them.
+macro_rules! export_job_columns {
+    () => {
+        "id, status, owner, started_at, heartbeat_at, closed_at, stage, message, completion_count,
+         response_count, parquet_bytes, output_path, completions_file, responses_file, duration_ms, error"
+    };
+}
+/// Closes running jobs whose heartbeat is older than `$3` as failed with error `$1` at `$2`.
+pub(super) const FAIL_STALE_EXPORT_JOBS: &str = "update export_jobs
+     set status = 'FAILED', stage = 'failed', message = 'export failed', error = $1, closed_at = $2
+     where status = 'RUNNING' and heartbeat_at < $3";
+/// Job `$1` of owner `$2`, started at `$3`, unless one is running (the partial unique index).
+pub(super) const INSERT_EXPORT_JOB: &str = "insert into export_jobs
+     (id, status, owner, started_at, heartbeat_at, stage, message)
+     values ($1, 'RUNNING', $2, $3, $3, 'starting', 'export started') on conflict do nothing";
+pub(super) const RUNNING_EXPORT_JOB: &str = concat!(
+    "select ",
+    export_job_columns!(),
+    " from export_jobs where status = 'RUNNING'"
+);
+pub(super) const LATEST_EXPORT_JOB: &str = concat!(
+    "select ",
+    export_job_columns!(),
+    " from export_jobs order by started_at desc, id desc limit 1"
+);
+/// Heartbeat `$2` and progress `$3..$7` of job `$1`, while it runs.
+pub(super) const HEARTBEAT_EXPORT_JOB: &str = "update export_jobs
+     set heartbeat_at = $2, stage = $3, message = $4, completion_count = $5, response_count = $6,
+         parquet_bytes = $7
+     where id = $1 and status = 'RUNNING'";
+/// Closes running job `$1` with status `$2` at `$3` and its final fields.
+pub(super) const FINISH_EXPORT_JOB: &str = "update export_jobs
+     set status = $2, closed_at = $3, heartbeat_at = $3, stage = $4, message = $5,
+         completion_count = $6, response_count = $7, parquet_bytes = $8, output_path = $9,
+         completions_file = $10, responses_file = $11, duration_ms = $12, error = $13
+     where id = $1 and status = 'RUNNING'";
+pub(super) const MAX_FEEDBACK_SEQ: &str = "select coalesce(max(seq), 0) from feedback";
+/// Every tenant's entries with `$1 < seq <= $2`, at most `$3`, by `seq` (the primary key).
+pub(super) const EXPORT_ROWS: &str =
+    "select seq, tenant, kind, output_id, model, rating, description,
+         end_user, created_at, updated_at
+     from feedback where seq > $1 and seq <= $2 order by seq limit $3";
+
 /// A shared statement about one entry, with the scope and key bound as
 /// `$1..$4` (see `in_scope!`); more binds may follow.
 pub(super) fn scoped_query<'q, DB, O>(

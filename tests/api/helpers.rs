@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use llm_feedback::Application;
 use llm_feedback::auth::generate_key;
-use llm_feedback::config::{DatabaseArgs, DatabaseUrl, ServeArgs};
+use llm_feedback::config::{DatabaseArgs, DatabaseUrl, ExportArgs, ExportLocation, ServeArgs};
 use llm_feedback::feedback::TenantId;
 use llm_feedback::store::{KeyInsertion, Store};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -191,7 +191,36 @@ pub(crate) fn test_serve_args() -> ServeArgs {
         max_connections: 10_000,
         idempotency_ttl_secs: 86_400,
         retention_days: None,
+        export: test_export_args(),
     }
+}
+
+/// Admin export settings for tests: a fresh directory under the system's
+/// temporary one, a 1 s lease (a dead replica's export is judged so within
+/// about a second).
+pub(crate) fn test_export_args() -> ExportArgs {
+    let dir = std::env::temp_dir()
+        .join("llm-feedback-test-exports")
+        .join(uuid_like());
+    ExportArgs {
+        export_location: ExportLocation::Local(dir),
+        export_lease_secs: 1,
+        export_batch_rows: 10_000,
+    }
+}
+
+/// A unique enough name for a test folder.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
 }
 
 /// Database settings for tests: small pools (the server allows ~100
@@ -365,7 +394,21 @@ pub(crate) fn encode_id(id: &str) -> String {
 impl TestApp {
     /// A new key for `tenant`, provisioned exactly as `keys create` does.
     pub(crate) async fn new_key(&self, tenant: &str) -> String {
-        let key = generate_key(TenantId::parse(tenant).expect("valid tenant"), None);
+        self.provision(generate_key(
+            TenantId::parse(tenant).expect("valid tenant"),
+            None,
+        ))
+        .await
+    }
+
+    /// A new admin key (no tenant), provisioned as `keys create --admin` does.
+    pub(crate) async fn new_admin_key(&self) -> String {
+        self.provision(llm_feedback::auth::generate_admin_key(None))
+            .await
+    }
+
+    /// Stores a generated key; its secret.
+    async fn provision(&self, key: llm_feedback::auth::GeneratedKey) -> String {
         assert_eq!(
             self.store
                 .insert_api_key(&key.record)

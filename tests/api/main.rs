@@ -44,6 +44,7 @@ macro_rules! per_store {
     };
 }
 
+mod admin_export;
 mod auth;
 mod authorization;
 mod binary;

@@ -162,6 +162,51 @@ for kind in ("completions", "responses"):
     except errors.SDKDefaultError as err:
         check("Status 404" in str(err), f"{kind}: get of a missing id is 404")
 
+# The admin export (start_export / get_export_status), where the installed
+# release has it (0.12.128 does, 0.12.0 does not), with the admin key that
+# sdk_check.sh created (`keys create --admin`).
+ADMIN_KEY = os.environ.get("LLM_FEEDBACK_ADMIN_KEY")
+# API.md follows 0.12.128's types; 0.12.0 typed exported_at as an integer.
+RESULT_MODEL = getattr(models, "GetExportStatusResponseResult", None)
+EXPORT_TYPES_MATCH = RESULT_MODEL is not None and \
+    RESULT_MODEL.model_fields["exported_at"].annotation is datetime
+if hasattr(feedback, "start_export") and not EXPORT_TYPES_MATCH:
+    print(f"meetkai-mka1 {SDK_VERSION}: its export models differ from 0.12.128's "
+          "(exported_at is not a datetime); the admin export is checked with 0.12.128")
+elif hasattr(feedback, "start_export") and ADMIN_KEY:
+    import time
+
+    admin = SDK(bearer_auth=ADMIN_KEY, server_url=URL).llm.feedback
+    try:
+        feedback.start_export()
+        check(False, "export: a tenant key may not start an export")
+    except errors.SDKDefaultError as err:
+        check("Status 403" in str(err), "export: a tenant key gets 403")
+    started = admin.start_export()
+    check(started.started is True and started.status == "RUNNING", f"export: start_export starts one ({started})")
+    check(started.progress is not None and isinstance(started.progress.message, str), "export: start_export has its progress")
+    deadline = time.monotonic() + 60
+    status = admin.get_export_status()
+    while status.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = admin.get_export_status()
+    check(status.status == "COMPLETED", f"export: get_export_status reaches COMPLETED ({status})")
+    result = status.result
+    check(result is not None, "export: a completed export has its result")
+    if result is not None:
+        check(result.record_count == result.completion_feedback_count + result.response_feedback_count
+              and result.completion_feedback_count >= 2 and result.response_feedback_count >= 2,
+              f"export: the counts add up ({result})")
+        check(result.completions_file.endswith(".parquet") and result.responses_file.endswith(".parquet"),
+              "export: two Parquet files")
+        check(isinstance(result.exported_at, datetime) and result.exported_at.tzinfo is not None,
+              "export: exported_at is a UTC datetime")
+        check(isinstance(result.duration_ms, int), "export: duration_ms is an integer")
+    check(isinstance(status.start_time, datetime) and isinstance(status.close_time, datetime),
+          "export: start_time and close_time are datetimes")
+elif hasattr(feedback, "start_export"):
+    check(False, "export: LLM_FEEDBACK_ADMIN_KEY is not set")
+
 if failures:
     print(f"meetkai-mka1 {SDK_VERSION}: {len(failures)} SDK checks failed", file=sys.stderr)
     sys.exit(1)

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The admin export (POST /export) of 1,000,000 entries: how long it takes
+# (< 60 s), the service's peak RSS growth during it (< 100 MiB; VmHWM of
+# /proc/PID/status, reset with clear_refs just before the export), and the
+# p99 of GET /completions?limit=20 (wrk, 4 connections) while it runs vs on
+# the idle service (within 2x). PostgreSQL, then SQLite (BENCH_STORES to
+# choose), release build, one run each; the service, the database and the
+# load all run on this machine, so the figures move with whatever else runs.
+#
+# Usage: bench/export.sh   (BENCH_ADMIN_URL another PostgreSQL; BENCH_ROWS;
+#                           BENCH_STORES="postgres sqlite")
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROWS="${BENCH_ROWS:-1000000}"
+STORES="${BENCH_STORES:-postgres sqlite}"
+DURATION="${BENCH_DURATION:-5s}"
+
+# ROWS entries over 10 tenants, both kinds, every field set or unset in turn.
+PG_BULK_SQL="insert into feedback (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)
+select 'tenant-' || (g % 10), case when g % 2 = 0 then 'completions' else 'responses' end, 'bulk-' || g,
+       case when g % 3 = 0 then 'user-' || (g % 100) end,
+       case g % 3 when 1 then 'thumbs_up' when 2 then 'thumbs_down' end,
+       case when g % 4 = 0 then 'benchmark row ' || g || ', with a comma and \"quotes\"' end,
+       case when g % 5 <> 0 then 'gpt-4o' end, t, t
+from generate_series(1, $ROWS) g,
+     lateral (select date_trunc('milliseconds', now()) - make_interval(secs => ($ROWS - g) / 1000.0) as t) ts"
+
+sqlite_bulk() {
+    python3 - "$1" "$ROWS" <<'PY'
+import sqlite3, sys, time
+path, rows = sys.argv[1], int(sys.argv[2])
+now = int(time.time() * 1000)
+db = sqlite3.connect(path, timeout=30)
+db.executemany(
+    "insert into feedback (tenant, kind, output_id, end_user, rating, description, model, created_at, updated_at)"
+    " values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    ((f"tenant-{g % 10}", "completions" if g % 2 == 0 else "responses", f"bulk-{g}",
+      f"user-{g % 100}" if g % 3 == 0 else None,
+      {1: "thumbs_up", 2: "thumbs_down"}.get(g % 3),
+      f'benchmark row {g}, with a comma and "quotes"' if g % 4 == 0 else None,
+      "gpt-4o" if g % 5 else None, now - (rows - g), now - (rows - g))
+     for g in range(1, rows + 1)))
+db.commit()
+PY
+}
+
+# p99 (ms) of GET /completions?limit=20 for DURATION at 4 connections.
+p99_ms() {
+    wrk -t2 -c4 -d"$DURATION" --latency -H "Authorization: Bearer $BENCH_KEY" "$1" |
+        awk '/^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.2f\n", v}'
+}
+
+status_json() {
+    curl -fs -H "Authorization: Bearer $ADMIN_KEY" "http://127.0.0.1:$1/api/v1/llm/feedback/export/status"
+}
+
+bench_store() {
+    local store="$1" url="$2" port="$3"
+    start_server "$url" "$port" EXPORT_LOCATION="$WORK_DIR/exports-$store"
+    say "$store: inserting $ROWS entries"
+    if [[ $store == postgres ]]; then
+        psql "$url" -qAt -c "$PG_BULK_SQL" >/dev/null
+        psql "$url" -qAt -c "analyze feedback" >/dev/null
+    else
+        sqlite_bulk "${url#sqlite://}"
+    fi
+    ADMIN_KEY="$(DATABASE_URL="$url" "$BIN" keys create --admin --name bench 2>/dev/null)"
+    local api="http://127.0.0.1:$port/api/v1/llm/feedback"
+    local idle_p99
+    idle_p99="$(p99_ms "$api/completions?limit=20")"
+    local rss_before
+    rss_before="$(rss_kib)"
+    echo 5 >"/proc/$SERVER_PID/clear_refs" # resets VmHWM to the current RSS
+    local started
+    started="$(date +%s%N)"
+    curl -fs -X POST -H "Authorization: Bearer $ADMIN_KEY" "$api/export" >/dev/null
+    # Load during the export: DURATION (5 s) from the POST, within the export.
+    local busy_p99
+    busy_p99="$(p99_ms "$api/completions?limit=20")"
+    local body
+    while body="$(status_json "$port")" && [[ $body == *'"RUNNING"'* ]]; do
+        sleep 0.2
+        if (($(date +%s%N) - started > 300000000000)); then say "$store: export still running after 300 s"; break; fi
+    done
+    local wall_ms=$((($(date +%s%N) - started) / 1000000))
+    local peak
+    peak="$(peak_rss_kib)"
+    local growth_mib
+    growth_mib="$(awk -v a="$peak" -v b="$rss_before" 'BEGIN {printf "%.1f", (a - b) / 1024}')"
+    local duration_ms records bytes
+    duration_ms="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("result",{}).get("duration_ms","-"))' "$body")"
+    records="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("result",{}).get("record_count","-"))' "$body")"
+    bytes="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("progress",{}).get("parquet_bytes","-"))' "$body")"
+    local ratio
+    ratio="$(awk -v a="$busy_p99" -v b="$idle_p99" 'BEGIN {printf "%.2f", a / b}')"
+    printf '%-8s rows=%s status=%s export=%s ms (wall %s ms) parquet=%s bytes rss_before=%s KiB peak_growth=%s MiB p99_idle=%s ms p99_during=%s ms ratio=%s\n' \
+        "$store" "$records" "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$body")" \
+        "$duration_ms" "$wall_ms" "$bytes" "$rss_before" "$growth_mib" "$idle_p99" "$busy_p99" "$ratio"
+    stop_server
+}
+
+ensure_tools
+build_release
+say "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+port=18440
+for store in $STORES; do
+    case $store in
+        postgres) bench_store postgres "$(fresh_pg_database)" "$port" ;;
+        sqlite) bench_store sqlite "sqlite://$WORK_DIR/bench.db" "$port" ;;
+    esac
+    port=$((port + 1))
+done
+say "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
