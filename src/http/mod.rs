@@ -87,6 +87,8 @@ pub struct AppServices {
     pub(crate) workers: WorkerHealth,
     /// How long idempotent outcomes are kept.
     pub(crate) idempotency_ttl: std::time::Duration,
+    /// How many days changes are kept (`CHANGE_RETENTION_DAYS`): older cursors are `410`.
+    pub(crate) change_retention_days: u32,
 }
 
 /// The rate limits of authenticated requests, each keyed by its credential.
@@ -109,6 +111,8 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<CorsOrigin>,
     /// How long idempotent outcomes are kept (`IDEMPOTENCY_TTL_SECS`).
     pub idempotency_ttl: std::time::Duration,
+    /// How many days changes are kept (`CHANGE_RETENTION_DAYS`).
+    pub change_retention_days: u32,
 }
 
 /// The `/api/v1` operations, each with its OpenAPI annotation (what is
@@ -258,6 +262,7 @@ pub fn router(
         readiness: ops::Readiness::default(),
         workers,
         idempotency_ttl: settings.idempotency_ttl,
+        change_retention_days: settings.change_retention_days,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     // Layers of the API router, outermost first (fallbacks included, so
