@@ -143,7 +143,6 @@ macro_rules! insert_in {
                 adjust_counters::<B>($tx, scope.tenant.as_str(), None, Some(&row)).await?;
                 match Feedback::try_from(row) {
                     Ok(entry) => {
-                        record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
                         record_entry_change::<B>(
                             $tx,
                             scope.tenant.as_str(),
@@ -151,6 +150,7 @@ macro_rules! insert_in {
                             &entry,
                         )
                         .await?;
+                        record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
                         Ok(Insertion::Inserted(entry))
                     }
                     Err(err) => Err(err),
@@ -496,7 +496,6 @@ for_every_backend! {
                                     .await?;
                                 match Feedback::try_from(after) {
                                     Ok(entry) => {
-                                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
                                         record_entry_change::<B>(
                                             tx,
                                             scope.tenant.as_str(),
@@ -504,6 +503,7 @@ for_every_backend! {
                                             &entry,
                                         )
                                         .await?;
+                                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
                                         Ok(Update::Updated(entry))
                                     }
                                     Err(err) => Err(err),
@@ -536,6 +536,7 @@ for_every_backend! {
                 .await?;
                 if let Some(gone) = rows.pop() {
                     remove_from_counters::<B>(tx, [(scope.tenant.as_str(), &gone)]).await?;
+                    record_deletion::<B>(tx, scope.tenant.as_str(), &gone).await?;
                     sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
                         .bind(scope.tenant.as_str())
                         .bind(key.kind.as_str())
@@ -550,7 +551,6 @@ for_every_backend! {
                         .bind(None::<Timestamp>)
                         .execute(&mut **tx)
                         .await?;
-                    record_deletion::<B>(tx, scope.tenant.as_str(), &gone).await?;
                     Deletion::Deleted
                 } else if conditional {
                     let (exists,): (i64,) = scoped_query(sql::ENTRY_EXISTS, scope, key)

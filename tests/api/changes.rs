@@ -59,7 +59,8 @@ async fn whole_feed(
     loop {
         let mut seen = Vec::new();
         let mut after: Option<String> = None;
-        loop {
+        for page in 0.. {
+            assert!(page < 1000, "the feed never ends");
             let mut params = query.to_owned();
             if let Some(cursor) = &after {
                 let _ = write!(params, "&after={cursor}");
@@ -613,15 +614,15 @@ struct Write {
 
 type Replicas = Arc<[TestApp; 2]>;
 
-/// Writers on two replicas of one PostgreSQL, plus one create whose
-/// transaction is held open (its idempotency record waits on a row another
+/// Writers on two replicas of one PostgreSQL, plus a create, an update and
+/// a delete whose transactions are held open (each waits on a row another
 /// connection inserted and has not committed) while later writes commit; a
 /// reader pages the feed all along. Every write shows exactly once; a write
 /// answered before another was sent comes first.
 async fn concurrent_writers_on_two_replicas_and_a_late_commit_are_seen_once_in_commit_order() {
     let storage = TestStorage::new(Backend::Postgres).await;
     let database = test_database_args(&storage.url());
-    // The late create waits longer than the default request timeout.
+    // The late writes wait longer than the default request timeout.
     let patient = |serve: &mut llm_feedback::config::ServeArgs| serve.request_timeout_ms = 60_000;
     let replicas: Replicas = Arc::new([
         spawn_app_on_with(&database, patient).await,
@@ -631,16 +632,31 @@ async fn concurrent_writers_on_two_replicas_and_a_late_commit_are_seen_once_in_c
         .await
         .expect("connect");
     let mut held = blocker.begin().await.expect("begin");
-    let late = start_late_create(&replicas, &mut held).await;
+    let mut made = hold_rows_of_late_writes(&replicas, &mut held).await;
     let stop = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(read_until_stopped(Arc::clone(&replicas), Arc::clone(&stop)));
 
-    let mut made = write_concurrently(&replicas).await;
-    // Every later write has committed; the late one still waits.
-    assert!(!late.is_finished(), "the late create did not wait");
+    // An update and a delete wait; writes commit after them (a reader that
+    // passed these would never see the two); then a create waits too, and
+    // more writes commit.
+    let mut late = vec![
+        start_late_write(&replicas, "feedback.updated"),
+        start_late_write(&replicas, "feedback.deleted"),
+    ];
+    wait_for_waiting_writes(&replicas[0], 2).await;
+    made.extend(write_concurrently(&replicas, 0..6).await);
+    late.push(start_late_write(&replicas, "feedback.created"));
+    wait_for_waiting_writes(&replicas[0], 3).await;
+    made.extend(write_concurrently(&replicas, 6..12).await);
+    assert!(
+        late.iter().all(|write| !write.is_finished()),
+        "a late write did not wait"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     held.rollback().await.expect("release");
-    made.push(late.await.expect("late create"));
+    for write in late {
+        made.push(write.await.expect("late write"));
+    }
     // Within 5 s of the last answer every change is visible; then the
     // reader stops at its next empty page.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -650,41 +666,91 @@ async fn concurrent_writers_on_two_replicas_and_a_late_commit_are_seen_once_in_c
     assert_seen_once_in_commit_order(&seen, &made);
 }
 
-/// Starts the late create on replica 0: it takes its position, then waits
-/// on the key of an idempotency record that `held` inserted and has not
-/// committed. (Its own model: a create holds its counter row until it
-/// commits, and the other writers must not wait behind it.)
-async fn start_late_create(
+/// Creates the entries that two late writes change and, in `held`, rows
+/// that three late writes (see [`start_late_write`]) will wait on: the key
+/// of the create's idempotency record, the revisions of the update and the
+/// delete. (Each entry has its own model: a write holds its counter row until
+/// it commits, and the other writers must not wait behind it.)
+async fn hold_rows_of_late_writes(
     replicas: &Replicas,
     held: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-) -> tokio::task::JoinHandle<Write> {
-    sqlx::query(
+) -> Vec<Write> {
+    let mut made = Vec::new();
+    for (kind, id) in [("completions", "late-u"), ("responses", "late-d")] {
+        let sent = Instant::now();
+        replicas[1]
+            .create_ok(kind, json!({"id": id, "model": format!("{id}-model")}))
+            .await;
+        made.push(Write {
+            change: triple("feedback.created", kind, id),
+            sent,
+            answered: Instant::now(),
+        });
+    }
+    for statement in [
         "insert into idempotency_keys (tenant, idempotency_key, fingerprint, status, body, created_at)
          values ('tenant-a', 'held', 'x', 201, '{}', now())",
-    )
-    .execute(&mut **held)
-    .await
-    .expect("hold the key");
-    let late = {
-        let replicas = Arc::clone(replicas);
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let reply = create_with(
-                &replicas[0],
-                "completions",
-                &[("Idempotency-Key", "held")],
-                &json!({"id": "late", "model": "late-model"}),
-            )
-            .await;
-            assert_eq!(reply.status, 201, "{}", reply.text);
-            Write {
-                change: triple("feedback.created", "completions", "late"),
-                sent,
-                answered: Instant::now(),
+        "insert into feedback_revisions (tenant, kind, output_id, revision, actor_type, recorded_at)
+         values ('tenant-a', 'completions', 'late-u', 2, 'api_key', now()),
+                ('tenant-a', 'responses', 'late-d', 2, 'api_key', now())",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut **held)
+            .await
+            .expect("hold the keys");
+    }
+    made
+}
+
+/// A late write on replica 0: it records its change, then waits on a row
+/// of [`hold_rows_of_late_writes`] until that transaction ends.
+fn start_late_write(
+    replicas: &Replicas,
+    change_type: &'static str,
+) -> tokio::task::JoinHandle<Write> {
+    let replicas = Arc::clone(replicas);
+    tokio::spawn(async move {
+        let app = &replicas[0];
+        let sent = Instant::now();
+        let (reply, kind, id) = match change_type {
+            "feedback.created" => {
+                let body = json!({"id": "late", "model": "late-model"});
+                let headers = [("Idempotency-Key", "held")];
+                (
+                    create_with(app, "completions", &headers, &body).await,
+                    "completions",
+                    "late",
+                )
             }
-        })
-    };
-    let mut watcher = sqlx::PgConnection::connect(&replicas[0].database_url)
+            "feedback.updated" => {
+                let body = json!({"rating": "thumbs_down"});
+                (
+                    app.update("completions", "late-u", body).await,
+                    "completions",
+                    "late-u",
+                )
+            }
+            _ => {
+                let path = "/api/v1/llm/feedback/responses/late-d";
+                (
+                    send(app, Method::DELETE, path, &[], None).await,
+                    "responses",
+                    "late-d",
+                )
+            }
+        };
+        assert!([200, 201, 204].contains(&reply.status), "{}", reply.text);
+        Write {
+            change: triple(change_type, kind, id),
+            sent,
+            answered: Instant::now(),
+        }
+    })
+}
+
+/// Waits until `count` statements of the app's database wait on a lock.
+async fn wait_for_waiting_writes(app: &TestApp, count: i64) {
+    let mut watcher = sqlx::PgConnection::connect(&app.database_url)
         .await
         .expect("connect");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -696,10 +762,13 @@ async fn start_late_create(
         .fetch_one(&mut watcher)
         .await
         .expect("pg_stat_activity");
-        if waiting > 0 {
-            return late;
+        if waiting == count {
+            return;
         }
-        assert!(Instant::now() < deadline, "the late create never waited");
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} late writes wait, not {count}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -710,6 +779,7 @@ async fn read_until_stopped(replicas: Replicas, stop: Arc<AtomicBool>) -> Vec<Va
     let mut seen: Vec<Value> = Vec::new();
     let mut after: Option<String> = None;
     for page in 0_usize.. {
+        assert!(page < 20_000, "the feed never ends");
         let stopping = stop.load(Ordering::SeqCst);
         let query = after
             .as_ref()
@@ -736,16 +806,17 @@ async fn read_until_stopped(replicas: Replicas, stop: Arc<AtomicBool>) -> Vec<Va
 }
 
 /// 4 writers per replica, each creating, updating and sometimes deleting
-/// its own ids, one write after the other; every write made.
-async fn write_concurrently(replicas: &Replicas) -> Vec<Write> {
+/// its own ids (numbered from `ids`), one write after the other; every
+/// write made.
+async fn write_concurrently(replicas: &Replicas, ids: std::ops::Range<u32>) -> Vec<Write> {
     let mut tasks = Vec::new();
     for replica in 0..2 {
         for writer in 0..4 {
-            let replicas = Arc::clone(replicas);
+            let (replicas, ids) = (Arc::clone(replicas), ids.clone());
             tasks.push(tokio::spawn(async move {
                 let app = &replicas[replica];
                 let mut made = Vec::new();
-                for n in 0..12 {
+                for n in ids {
                     let id = format!("w{replica}-{writer}-{n}");
                     let kind = if n % 2 == 0 {
                         "completions"
