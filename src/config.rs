@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// The admin export's settings (EXPORT_*).
     #[command(flatten)]
     pub export: ExportArgs,
+    /// Keep changes (the changes feed's, webhook events') this many days,
+    /// purged hourly, one replica at a time; an older cursor is `410`.
+    #[arg(long, env = "CHANGE_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub change_retention_days: u32,
 }
 
 impl ServeArgs {

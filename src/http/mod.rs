@@ -6,6 +6,7 @@
 
 mod admin_export;
 mod authn;
+mod changes;
 mod conditional;
 mod connection;
 mod dashboard;
@@ -90,6 +91,8 @@ pub struct AppServices {
     pub(crate) workers: WorkerHealth,
     /// How long idempotent outcomes are kept.
     pub(crate) idempotency_ttl: std::time::Duration,
+    /// How many days changes are kept (`CHANGE_RETENTION_DAYS`): older cursors are `410`.
+    pub(crate) change_retention_days: u32,
 }
 
 /// The rate limits of authenticated requests, each keyed by its credential.
@@ -112,6 +115,8 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<CorsOrigin>,
     /// How long idempotent outcomes are kept (`IDEMPOTENCY_TTL_SECS`).
     pub idempotency_ttl: std::time::Duration,
+    /// How many days changes are kept (`CHANGE_RETENTION_DAYS`).
+    pub change_retention_days: u32,
 }
 
 /// The `/api/v1` operations, each with its OpenAPI annotation (what is
@@ -182,6 +187,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(requiring(
             Requirement::AllTenants,
             routes!(admin_export::export_status),
+        ))
+        // Issue 14: the changes feed (a static segment, like `tokens`).
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(changes::list_changes),
         ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(
@@ -273,6 +283,7 @@ pub fn router(
         readiness: ops::Readiness::default(),
         workers,
         idempotency_ttl: settings.idempotency_ttl,
+        change_retention_days: settings.change_retention_days,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     // Layers of the API router, outermost first (fallbacks included, so

@@ -48,6 +48,7 @@ mod admin_export;
 mod auth;
 mod authorization;
 mod binary;
+mod changes;
 mod cli;
 mod cluster;
 mod concurrency;
