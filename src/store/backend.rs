@@ -11,11 +11,11 @@ use std::future::Future;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::changes::{ChangeRow, ChangesPage, NewChange};
 use super::export::{
     ExportJob, ExportJobRow, ExportRow, ExportRowRow, ExportStore, JobEnd, JobProgress, JobStart,
     JobStatus, STALE_JOB_ERROR,
 };
-use super::changes::{ChangeRow, ChangesPage, NewChange};
 use super::pool::Pool;
 use super::sql::{self, ChangesDialect, Dialect, HistoryDialect, scoped_query};
 use super::writes::{KeptRow, RevisionRow};

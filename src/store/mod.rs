@@ -56,8 +56,8 @@ macro_rules! transaction {
 }
 
 mod backend;
-mod export;
 mod changes;
+mod export;
 mod pool;
 mod postgres;
 mod sql;
@@ -78,10 +78,10 @@ use crate::feedback::{
     ModelName, NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
 };
 
+pub use changes::ChangesPage;
 pub use export::{
     ExportJob, ExportRow, ExportStore, JobEnd, JobFiles, JobProgress, JobStart, JobStatus,
 };
-pub use changes::ChangesPage;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use writes::{
