@@ -233,11 +233,7 @@ fn requiring(
         schemas,
         paths,
         // One call: axum boxes each layer it is given.
-        routes.route_layer(
-            ServiceBuilder::new()
-                .layer(trace::RecordRouteLayer)
-                .layer(authn::Require(requirement)),
-        ),
+        routes.route_layer(authn::Require(requirement)),
     )
 }
 
@@ -250,7 +246,7 @@ fn described(mut routes: OpenApiRouter<AppState>, surface: Surface) -> OpenApiRo
 const API_PREFIX: &str = "/api/v1";
 /// Every other path under it: answered by the API router (`401` without a
 /// key, `404` with one), behind the API layers.
-const API_UNKNOWN: [&str; 3] = ["/api/v1", "/api/v1/", "/api/v1/{*rest}"];
+pub(super) const API_UNKNOWN: [&str; 3] = ["/api/v1", "/api/v1/", "/api/v1/{*rest}"];
 
 /// The OpenAPI document of every route, as served.
 #[must_use]
@@ -287,7 +283,9 @@ pub fn router(
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     // Layers of the API router, outermost first (fallbacks included, so
-    // unknown `/api/v1` paths need a key too). One `layer` call: axum boxes
+    // unknown `/api/v1` paths need a key too). They wrap each route, after
+    // routing: the route template is recorded first, so that a 401 or a 503
+    // counts under its route. One `layer` call: axum boxes
     // each layer it is given. Authentication comes before the in-flight bound so that
     // refused credentials never hold a slot (API.md: floods of bad
     // credentials); `Connection: close` sees every answer given before the
@@ -303,6 +301,7 @@ pub fn router(
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
+                .layer(trace::RecordRouteLayer)
                 .layer(connection::CloseIfBodyUnreadLayer)
                 .layer(authn::AuthenticateLayer(state.clone()))
                 .layer(limits::InFlightLayer(limits.clone()))

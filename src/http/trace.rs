@@ -145,7 +145,12 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = request.extensions().get::<MatchedPath>().cloned();
+        // The API's catch-all routes for unknown paths stay `unmatched`.
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .filter(|route| !super::API_UNKNOWN.contains(&route.as_str()))
+            .cloned();
         if let Some(route) = &route {
             RequestSpan::record(&request, "route", route.as_str());
         }

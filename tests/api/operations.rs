@@ -217,12 +217,20 @@ async fn metrics_count_requests_by_method_route_template_and_status(app: TestApp
         .get("responses", &id)
         .await;
     assert_eq!(unauthorized.status, 401, "{}", unauthorized.text);
+    let unknown = app
+        .send(app.request(reqwest::Method::GET, "/api/v1/no/such/path"))
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
     let after = scrape(&app).await;
 
     for (method, route, status) in [
         ("POST", COLLECTION_ROUTE, "201"),
         ("PUT", ENTRY_ROUTE, "200"),
         ("GET", ENTRY_ROUTE, "404"),
+        // A refused key counts under the route it asked for.
+        ("GET", ENTRY_ROUTE, "401"),
+        // Unknown paths under /api/v1 are one label, not their catch-all.
+        ("GET", "unmatched", "404"),
     ] {
         let labels = [("method", method), ("route", route), ("status", status)];
         assert!(
