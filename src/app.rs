@@ -134,12 +134,14 @@ impl Application {
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
             idempotency_ttl: Duration::from_secs(self.serve.idempotency_ttl_secs),
+            webhook_allow_private: self.serve.webhooks.webhook_allow_private_targets,
         };
         let token_rate_limiter = NonZeroU32::new(self.serve.token_rate_limit_per_minute)
             .map(|per_minute| Arc::new(KeyRateLimiter::per_minute(per_minute)));
         let authenticator = auth::Authenticator::new(Arc::clone(&self.store), self.tokens.clone());
         start_workers(&mut self.workers, &authenticator);
         start_safe_write_workers(&mut self.workers, &self.store, &self.serve);
+        start_webhook_worker(&mut self.workers, &self.store, &self.serve);
         let router = http::router(
             Arc::clone(&self.store),
             authenticator,
@@ -222,6 +224,19 @@ fn start_safe_write_workers(workers: &mut Workers, store: &Arc<dyn Store>, serve
             crate::upkeep::enforce_retention(Arc::clone(&retained), days, context)
         });
     }
+}
+
+/// The webhook delivery worker (src/webhook/delivery.rs), one per replica.
+fn start_webhook_worker(workers: &mut Workers, store: &Arc<dyn Store>, serve: &ServeArgs) {
+    let store = Arc::clone(store);
+    let settings = crate::webhook::delivery::DeliverySettings {
+        allow_private: serve.webhooks.webhook_allow_private_targets,
+        timeout: Duration::from_millis(serve.webhooks.webhook_timeout_ms),
+        schedule: serve.webhooks.webhook_retry_schedule.clone(),
+    };
+    workers.spawn("webhook-delivery", move |context: WorkerContext| {
+        crate::webhook::delivery::deliver_webhooks(Arc::clone(&store), settings.clone(), context)
+    });
 }
 
 /// Provisions `BOOTSTRAP_API_KEY` if set; otherwise, on a first start of the

@@ -568,6 +568,9 @@ pub enum Requirement {
     /// Erasing everything the tenant holds about one end user (only a
     /// tenant key, acting for the whole tenant).
     EraseEndUsers,
+    /// Managing the tenant's webhook endpoints (only a tenant key; the
+    /// handlers refuse `X-On-Behalf-Of`).
+    ManageWebhooks,
     /// The admin operations across all tenants (the admin export). No route
     /// requires it yet; tenant keys may never call them.
     AllTenants,
@@ -575,11 +578,12 @@ pub enum Requirement {
 
 impl Requirement {
     /// Every requirement, for exhaustive tests.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::OneOutput,
         Self::TenantFeedback,
         Self::MintTokens,
         Self::EraseEndUsers,
+        Self::ManageWebhooks,
         Self::AllTenants,
     ];
 }
@@ -596,7 +600,8 @@ pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), 
             Requirement::OneOutput
             | Requirement::TenantFeedback
             | Requirement::MintTokens
-            | Requirement::EraseEndUsers,
+            | Requirement::EraseEndUsers
+            | Requirement::ManageWebhooks,
         )
         | (Principal::FeedbackToken(_), Requirement::OneOutput) => Ok(()),
         (Principal::TenantKey(_), Requirement::AllTenants)
@@ -605,6 +610,7 @@ pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), 
             Requirement::TenantFeedback
             | Requirement::MintTokens
             | Requirement::EraseEndUsers
+            | Requirement::ManageWebhooks
             | Requirement::AllTenants,
         ) => Err(AuthError::Forbidden),
     }
@@ -670,6 +676,7 @@ mod tests {
                 Requirement::TenantFeedback,
                 Requirement::MintTokens,
                 Requirement::EraseEndUsers,
+                Requirement::ManageWebhooks,
             ],
             Principal::FeedbackToken(_) => &[Requirement::OneOutput],
         };

@@ -22,6 +22,7 @@ mod serve;
 mod stats;
 mod tokens;
 mod trace;
+mod webhooks;
 mod widget;
 
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub struct AppServices {
     pub(crate) workers: WorkerHealth,
     /// How long idempotent outcomes are kept.
     pub(crate) idempotency_ttl: std::time::Duration,
+    /// `WEBHOOK_ALLOW_PRIVATE_TARGETS`.
+    pub(crate) webhook_allow_private: bool,
 }
 
 /// The rate limits of authenticated requests, each keyed by its credential.
@@ -109,6 +112,8 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<CorsOrigin>,
     /// How long idempotent outcomes are kept (`IDEMPOTENCY_TTL_SECS`).
     pub idempotency_ttl: std::time::Duration,
+    /// Whether webhook endpoints may target private addresses and `http://`.
+    pub webhook_allow_private: bool,
 }
 
 /// The `/api/v1` operations, each with its OpenAPI annotation (what is
@@ -169,6 +174,19 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(requiring(
             Requirement::TenantFeedback,
             routes!(stats::feedback_stats),
+        ))
+        // Webhooks (issue 14); static segments again.
+        .routes(requiring(
+            Requirement::ManageWebhooks,
+            routes!(webhooks::create_webhook, webhooks::list_webhooks),
+        ))
+        .routes(requiring(
+            Requirement::ManageWebhooks,
+            routes!(webhooks::delete_webhook),
+        ))
+        .routes(requiring(
+            Requirement::ManageWebhooks,
+            routes!(webhooks::list_webhook_deliveries),
         ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(
@@ -258,6 +276,7 @@ pub fn router(
         readiness: ops::Readiness::default(),
         workers,
         idempotency_ttl: settings.idempotency_ttl,
+        webhook_allow_private: settings.webhook_allow_private,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     // Layers of the API router, outermost first (fallbacks included, so

@@ -1,12 +1,15 @@
 //! The PostgreSQL store: production.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgTypeInfo, PgValueRef};
+use sqlx::postgres::{
+    PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgTypeInfo, PgValueRef,
+};
 use sqlx::{PgConnection, Postgres};
 
 use super::backend::Backend;
@@ -56,10 +59,18 @@ const SETTLED_HORIZON_SQL: &str = "select least(
          where locktype = 'advisory' and objsubid = 1 and (classid::bigint >> 16) = 19526
            and database = (select oid from pg_database where datname = current_database())))";
 
+/// The channel on which committed webhook enqueues are announced.
+const WEBHOOK_CHANNEL: &str = "llm_feedback_webhooks";
+
 /// Entries stored through a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: Pool<PgConnection>,
+    /// The delivery worker's `LISTEN` session (its own connection, opened
+    /// on first wait, reopened after a loss).
+    webhook_listener: Arc<tokio::sync::Mutex<Option<PgListener>>>,
+    /// Where that session connects.
+    listen_options: PgConnectOptions,
 }
 
 impl PostgresStore {
@@ -73,6 +84,9 @@ impl PostgresStore {
                 source,
             })?
             .application_name("llm-feedback");
+        let listen_options = connect_options
+            .clone()
+            .application_name("llm-feedback-webhooks");
         let pool: Pool<PgConnection> = Pool::new(PoolConfig {
             connect: connect_options,
             max_connections: options.max_connections,
@@ -92,7 +106,11 @@ impl PostgresStore {
             .await
             .map_err(|source| ConnectError::Migrate { url, source })?;
         conn.release();
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            webhook_listener: Arc::default(),
+            listen_options,
+        })
     }
 }
 
@@ -144,6 +162,47 @@ impl Backend for PostgresStore {
             run!(self.pool, |conn| sqlx::query_as(SETTLED_HORIZON_SQL)
                 .fetch_one(conn))?;
         Ok(Some(horizon))
+    }
+
+    /// `NOTIFY` in the enqueue statement does it, at commit.
+    fn deliveries_enqueued(&self) {}
+
+    /// Waits for a notification on [`WEBHOOK_CHANNEL`], opening the
+    /// `LISTEN` session first if there is none (a failure to open it just
+    /// waits out `timeout`: the worker polls anyway).
+    async fn wait_for_deliveries(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut listener = self.webhook_listener.lock().await;
+        if listener.is_none() {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout)
+                .connect_lazy_with(self.listen_options.clone());
+            let opened = tokio::time::timeout_at(deadline, async {
+                let mut opened = PgListener::connect_with(&pool).await?;
+                opened.listen(WEBHOOK_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(opened)
+            })
+            .await;
+            match opened {
+                Ok(Ok(opened)) => *listener = Some(opened),
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "cannot listen for webhook deliveries");
+                }
+                Err(_) => return,
+            }
+        }
+        let Some(session) = listener.as_mut() else {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        };
+        match tokio::time::timeout_at(deadline, session.try_recv()).await {
+            // A notification, or the deadline.
+            Ok(Ok(Some(_))) | Err(_) => {}
+            // The session was lost (it reconnects on the next call) or failed.
+            Ok(Ok(None)) => {}
+            Ok(Err(_)) => *listener = None,
+        }
     }
 
     /// Deleted tuples stay in the heap until VACUUM reuses their space

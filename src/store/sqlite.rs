@@ -14,6 +14,7 @@
 //! every write slower than the last) until shutdown.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -39,6 +40,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     writer: Pool<SqliteConnection>,
     readers: Pool<SqliteConnection>,
+    /// Wakes the delivery worker when a write enqueues deliveries. Signalled
+    /// inside the write's transaction: the worker's claim needs the one
+    /// writer connection, so it runs after the commit.
+    webhooks_enqueued: Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -102,7 +107,11 @@ impl SqliteStore {
         // Opens one reader now, so that a file that cannot be read fails the
         // start rather than the first request.
         readers.acquire().await.map_err(connect_error)?.release();
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            webhooks_enqueued: Arc::default(),
+        })
     }
 }
 
@@ -162,6 +171,14 @@ impl Backend for SqliteStore {
     /// under the write lock, in commit order.
     async fn settled_horizon(&self) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(None)
+    }
+
+    fn deliveries_enqueued(&self) {
+        self.webhooks_enqueued.notify_one();
+    }
+
+    async fn wait_for_deliveries(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.webhooks_enqueued.notified()).await;
     }
 
     /// The WAL still holds the pages as they were before the erasure:

@@ -191,6 +191,7 @@ pub(crate) fn test_serve_args() -> ServeArgs {
         max_connections: 10_000,
         idempotency_ttl_secs: 86_400,
         retention_days: None,
+        webhooks: llm_feedback::config::WebhookArgs::default(),
     }
 }
 
