@@ -135,6 +135,7 @@ impl Application {
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
             idempotency_ttl: Duration::from_secs(self.serve.idempotency_ttl_secs),
             webhook_allow_private: self.serve.webhooks.webhook_allow_private_targets,
+            change_retention_days: self.serve.change_retention_days,
         };
         let token_rate_limiter = NonZeroU32::new(self.serve.token_rate_limit_per_minute)
             .map(|per_minute| Arc::new(KeyRateLimiter::per_minute(per_minute)));
@@ -209,7 +210,8 @@ fn start_workers(workers: &mut Workers, authenticator: &auth::Authenticator) {
 }
 
 /// The upkeep of safe writes (src/upkeep.rs), after the others: the purge
-/// of expired idempotent outcomes and, with `RETENTION_DAYS`, retention.
+/// of expired idempotent outcomes, with `RETENTION_DAYS` retention, and the
+/// purge of changes older than `CHANGE_RETENTION_DAYS`.
 fn start_safe_write_workers(workers: &mut Workers, store: &Arc<dyn Store>, serve: &ServeArgs) {
     let (purged, ttl) = (
         Arc::clone(store),
@@ -224,6 +226,10 @@ fn start_safe_write_workers(workers: &mut Workers, store: &Arc<dyn Store>, serve
             crate::upkeep::enforce_retention(Arc::clone(&retained), days, context)
         });
     }
+    let (changes, days) = (Arc::clone(store), serve.change_retention_days);
+    workers.spawn("change-purge", move |context: WorkerContext| {
+        crate::upkeep::purge_changes(Arc::clone(&changes), days, context)
+    });
 }
 
 /// The webhook delivery worker (src/webhook/delivery.rs), one per replica.

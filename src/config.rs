@@ -176,6 +176,10 @@ pub struct ServeArgs {
     /// many days, checked hourly; unset: keep for ever.
     #[arg(long, env = "RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub retention_days: Option<u32>,
+    /// Keep changes (the changes feed's, webhook events') this many days,
+    /// purged hourly, one replica at a time; an older cursor is `410`.
+    #[arg(long, env = "CHANGE_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub change_retention_days: u32,
     /// Webhook delivery settings.
     #[command(flatten)]
     pub webhooks: WebhookArgs,

@@ -1,7 +1,7 @@
 //! Background upkeep of safe writes (issue 13): expired idempotent outcomes
-//! are purged, and entries older than `RETENTION_DAYS` deleted. Both work
-//! in bounded batches (one short transaction each), so that neither holds
-//! locks for long; both log their errors and carry on at the next round
+//! are purged, entries older than `RETENTION_DAYS` deleted, and changes
+//! older than `CHANGE_RETENTION_DAYS` purged. All work in bounded batches
+//! (one short transaction each), so that none holds locks for long; all log their errors and carry on at the next round
 //! (clients see nothing of a late purge; `/readyz` already watches the
 //! database).
 
@@ -57,6 +57,24 @@ pub async fn enforce_retention(
         async move {
             let before = Utc::now() - chrono::Duration::days(i64::from(days));
             store.delete_expired_feedback(before, BATCH_ROWS).await
+        }
+    })
+    .await
+}
+
+/// Purges changes that occurred more than `days` days ago (the changes
+/// feed's retention), every [`RETENTION_INTERVAL`], the first at once; on
+/// PostgreSQL one replica at a time, as retention.
+pub async fn purge_changes(
+    store: Arc<dyn Store>,
+    days: u32,
+    context: WorkerContext,
+) -> WorkerResult {
+    every(RETENTION_INTERVAL, true, &context, || {
+        let store = Arc::clone(&store);
+        async move {
+            let before = Utc::now() - chrono::Duration::days(i64::from(days));
+            store.purge_changes(before, BATCH_ROWS).await
         }
     })
     .await

@@ -4,6 +4,7 @@
 //! value lives in exactly one constructor (`parse`), so holding a value of one
 //! of these types proves that its rule held.
 
+mod change;
 mod description;
 mod end_user;
 mod error;
@@ -15,6 +16,9 @@ mod text;
 
 use chrono::{DateTime, Utc};
 
+pub use change::{
+    Change, ChangePosition, ChangeType, ChangesRequest, entry_json, format_timestamp,
+};
 pub use description::Description;
 pub use end_user::EndUserId;
 pub use error::FieldError;

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, ETAG};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -157,11 +157,7 @@ pub(crate) struct FeedbackResponse {
     updated_at: String,
 }
 
-/// RFC 3339, UTC with `Z`, milliseconds: `2024-01-15T10:30:00.000Z`.
-#[must_use]
-pub fn format_timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use crate::feedback::format_timestamp;
 
 impl From<Feedback> for FeedbackResponse {
     fn from(entry: Feedback) -> Self {

@@ -90,6 +90,8 @@ pub struct AppServices {
     pub(crate) idempotency_ttl: std::time::Duration,
     /// `WEBHOOK_ALLOW_PRIVATE_TARGETS`.
     pub(crate) webhook_allow_private: bool,
+    /// How many days changes are kept (`CHANGE_RETENTION_DAYS`): older cursors are `410`.
+    pub(crate) change_retention_days: u32,
 }
 
 /// The rate limits of authenticated requests, each keyed by its credential.
@@ -114,6 +116,8 @@ pub struct HttpSettings {
     pub idempotency_ttl: std::time::Duration,
     /// Whether webhook endpoints may target private addresses and `http://`.
     pub webhook_allow_private: bool,
+    /// How many days changes are kept (`CHANGE_RETENTION_DAYS`).
+    pub change_retention_days: u32,
 }
 
 /// The `/api/v1` operations, each with its OpenAPI annotation (what is
@@ -277,6 +281,7 @@ pub fn router(
         workers,
         idempotency_ttl: settings.idempotency_ttl,
         webhook_allow_private: settings.webhook_allow_private,
+        change_retention_days: settings.change_retention_days,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);
     // Layers of the API router, outermost first (fallbacks included, so

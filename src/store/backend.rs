@@ -11,8 +11,9 @@ use std::future::Future;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::changes::{ChangeRow, ChangesPage, NewChange};
 use super::pool::Pool;
-use super::sql::{self, Dialect, HistoryDialect, WebhookDialect, scoped_query};
+use super::sql::{self, ChangesDialect, Dialect, HistoryDialect, WebhookDialect, scoped_query};
 use super::webhooks::{ClaimedRow, DeliveryRow, EndpointRow};
 use super::writes::{KeptRow, RevisionRow};
 use super::{
@@ -27,14 +28,18 @@ use super::{
 };
 use crate::feedback::stats::{Counts, DayCounts, RangePlan, StatsFilter, day_of_millis};
 use crate::feedback::{
-    Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
-    NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, SortOrder, TenantId,
+    Change, ChangeType, ChangesRequest, Description, EndUserId, Feedback, FeedbackChanges,
+    FeedbackFilter, FeedbackKey, ModelName, NewFeedback, OutputId, OutputKind, PageRequest,
+    Position, Rating, Scope, SortOrder, TenantId, entry_json,
 };
 
 /// What one database adds to the shared implementation.
 pub(super) trait Backend: Send + Sync + 'static {
     /// The sqlx database, with its dialect.
-    type Database: Dialect + HistoryDialect<Connection = Self::Connection> + WebhookDialect;
+    type Database: Dialect
+        + HistoryDialect
+        + ChangesDialect<Connection = Self::Connection>
+        + WebhookDialect;
     /// Its connection type.
     type Connection: sqlx::Connection<Database = Self::Database> + 'static;
     /// The output ids of a batch lookup as `FIND_FEEDBACK_BATCH` binds `$3`.
@@ -64,8 +69,8 @@ pub(super) trait Backend: Send + Sync + 'static {
     fn close(&self) -> impl Future<Output = ()> + Send;
 
     /// A write is enqueueing webhook deliveries (called in its transaction):
-    /// wakes this process's delivery worker where the database does not.
-    fn deliveries_enqueued(&self);
+    /// wakes this process's delivery workers where the database does not.
+    fn deliveries_enqueued();
 
     /// Completes when deliveries may have been enqueued (PostgreSQL: a
     /// commit on any replica; SQLite: a write of this process), or after
@@ -104,6 +109,7 @@ macro_rules! for_every_backend {
             for<'r> RevisionRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> KeptRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> ExpiredRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> ChangeRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> FeedbackRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> ApiKeyRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
@@ -159,6 +165,13 @@ macro_rules! insert_in {
                 match Feedback::try_from(row) {
                     Ok(entry) => {
                         record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
+                        record_entry_change::<B>(
+                            $tx,
+                            scope.tenant.as_str(),
+                            ChangeType::Created,
+                            &entry,
+                        )
+                        .await?;
                         Ok(Insertion::Inserted(entry))
                     }
                     Err(err) => Err(err),
@@ -283,36 +296,102 @@ where
     Ok(())
 }
 
-/// The webhooks' side of a change, in the change's transaction: a pending
-/// delivery of change `seq` to every active endpoint of `tenant` subscribed
-/// to `event_type`, in one statement. The delivery holds no payload (it is
-/// built from the `changes` row when sent), so a committed change is never
-/// lost, a rolled-back one never sent, and an erasure that strips the
-/// change strips what is still to be delivered.
-pub(super) async fn enqueue_webhook_deliveries<B>(
-    backend: &B,
+/// Records `change` of an entry of `tenant` in the outbox, in the write's
+/// transaction `tx`; returns its `seq`. Every write of an entry (create,
+/// update, delete, erasure, retention) calls this once per entry it changed.
+pub(super) async fn record_change<B>(
     tx: &mut sqlx::Transaction<'_, B::Database>,
     tenant: &str,
-    seq: i64,
-    event_type: &str,
-) -> sqlx::Result<()>
+    change: &NewChange<'_>,
+) -> sqlx::Result<i64>
 where
     B: Backend,
     for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
     for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
     for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
+    // `fetch_all`: SQLite steps a write to its end only so (see sqlite.rs).
+    let rows: Vec<(i64,)> = sqlx::query_as(<B::Database as ChangesDialect>::INSERT_CHANGE)
+        .bind(tenant)
+        .bind(change.kind)
+        .bind(change.output_id)
+        .bind(change.end_user)
+        .bind(change.change_type.as_str())
+        .bind(change.entry)
+        .fetch_all(&mut **tx)
+        .await?;
+    let seq = rows
+        .first()
+        .map(|(seq,)| *seq)
+        .ok_or(sqlx::Error::RowNotFound)?;
+    // Webhooks: a delivery of change `seq` to every subscribed endpoint,
+    // in the same transaction.
     let enqueued = sqlx::query(<B::Database as WebhookDialect>::ENQUEUE_WEBHOOK_DELIVERIES)
         .bind(tenant)
         .bind(seq)
-        .bind(event_type)
+        .bind(change.change_type.as_str())
         .execute(&mut **tx)
         .await?;
     if B::rows_affected(&enqueued) > 0 {
-        backend.deliveries_enqueued();
+        B::deliveries_enqueued();
     }
-    Ok(())
+    Ok(seq)
+}
+
+/// [`record_change`] of a create or an update: the entry as it now reads.
+async fn record_entry_change<B>(
+    tx: &mut sqlx::Transaction<'_, B::Database>,
+    tenant: &str,
+    change_type: ChangeType,
+    entry: &Feedback,
+) -> sqlx::Result<i64>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
+    for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+{
+    let json = entry_json(entry);
+    let change = NewChange {
+        change_type,
+        kind: entry.kind.as_str(),
+        output_id: entry.id.as_str(),
+        end_user: entry.end_user.as_ref().map(EndUserId::as_str),
+        entry: Some(&json),
+    };
+    record_change::<B>(tx, tenant, &change).await
+}
+
+/// [`record_change`] of a removal (delete, erasure, retention): `gone` is
+/// the entry as it was; the change carries no entry.
+async fn record_deletion<B>(
+    tx: &mut sqlx::Transaction<'_, B::Database>,
+    tenant: &str,
+    gone: &FeedbackRow,
+) -> sqlx::Result<i64>
+where
+    B: Backend,
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
+    for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+{
+    let change = NewChange {
+        change_type: ChangeType::Deleted,
+        kind: gone.kind.as_str(),
+        output_id: gone.output_id.as_str(),
+        end_user: gone.end_user.as_deref(),
+        entry: None,
+    };
+    record_change::<B>(tx, tenant, &change).await
 }
 
 for_every_backend! {
@@ -451,6 +530,13 @@ for_every_backend! {
                                 match Feedback::try_from(after) {
                                     Ok(entry) => {
                                         record_revision!(tx, scope.tenant.as_str(), &entry, actor);
+                                        record_entry_change::<B>(
+                                            tx,
+                                            scope.tenant.as_str(),
+                                            ChangeType::Updated,
+                                            &entry,
+                                        )
+                                        .await?;
                                         Ok(Update::Updated(entry))
                                     }
                                     Err(err) => Err(err),
@@ -488,7 +574,7 @@ for_every_backend! {
                         .bind(key.kind.as_str())
                         .bind(key.id.as_str())
                         .bind(gone.revision + 1)
-                        .bind(gone.end_user)
+                        .bind(gone.end_user.as_deref())
                         .bind(None::<&str>)
                         .bind(None::<&str>)
                         .bind(true)
@@ -497,6 +583,7 @@ for_every_backend! {
                         .bind(None::<Timestamp>)
                         .execute(&mut **tx)
                         .await?;
+                    record_deletion::<B>(tx, scope.tenant.as_str(), &gone).await?;
                     Deletion::Deleted
                 } else if conditional {
                     let (exists,): (i64,) = scoped_query(sql::ENTRY_EXISTS, scope, key)
@@ -549,12 +636,17 @@ for_every_backend! {
                     .await?;
                 remove_from_counters::<B>(tx, erased.iter().map(|entry| (tenant.as_str(), entry)))
                     .await?;
-                for statement in [sql::ERASE_REVISIONS, sql::ERASE_IDEMPOTENCY_KEYS] {
+                // Earlier changes of the end user keep their type, kind and
+                // id but lose their entry (API.md, "Delete and end-user erasure").
+                for statement in [sql::ERASE_REVISIONS, sql::ERASE_IDEMPOTENCY_KEYS, sql::STRIP_CHANGES] {
                     sqlx::query(statement)
                         .bind(tenant.as_str())
                         .bind(end_user.as_str())
                         .execute(&mut **tx)
                         .await?;
+                }
+                for entry in &erased {
+                    record_deletion::<B>(tx, tenant.as_str(), entry).await?;
                 }
                 let mut erasure = Erasure::default();
                 for entry in &erased {
@@ -612,6 +704,7 @@ for_every_backend! {
                             .bind(gone.entry.output_id.as_str())
                             .execute(&mut **tx)
                             .await?;
+                        record_deletion::<B>(tx, gone.tenant.as_str(), &gone.entry).await?;
                     }
                     let orphans = sqlx::query(sql::EXPIRE_ORPHAN_REVISIONS)
                         .bind(Timestamp(before))
@@ -619,6 +712,57 @@ for_every_backend! {
                         .execute(&mut **tx)
                         .await?;
                     Some(expired.len() as u64 + B::rows_affected(&orphans))
+                }
+            })?;
+            Ok(outcome)
+        }
+
+        async fn list_changes(
+            &self,
+            scope: &Scope,
+            request: &ChangesRequest,
+        ) -> StoreResult<ChangesPage> {
+            if let Some(after) = request.after {
+                let query = sqlx::query_as::<_, (i64,)>(sql::CHANGE_EXISTS)
+                    .bind(scope.tenant.as_str())
+                    .bind(after.seq)
+                    .bind(Timestamp(after.occurred_at));
+                let (exists,) = run!(self.readers(), |conn| query.fetch_one(conn))?;
+                if exists == 0 {
+                    return Ok(ChangesPage::UnknownCursor);
+                }
+            }
+            // Read before the page's own statement takes its snapshot: the
+            // ascending list's no-skip rule (postgres.rs), over changes.
+            let horizon = self.settled_horizon().await?;
+            let (sql, arguments) = sql::Statement::changes(scope, request, horizon).into_parts()?;
+            let query = sqlx::query_as_with::<_, ChangeRow, _>(&sql, arguments);
+            let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
+            rows.into_iter()
+                .map(Change::try_from)
+                .collect::<StoreResult<Vec<_>>>()
+                .map(ChangesPage::Changes)
+        }
+
+        async fn purge_changes(
+            &self,
+            before: DateTime<Utc>,
+            batch: u32,
+        ) -> StoreResult<Option<u64>> {
+            let outcome = transaction!(self.writer(), |tx| {
+                let (free,): (i64,) =
+                    sqlx::query_as(<B::Database as ChangesDialect>::TRY_LOCK_CHANGE_PURGE)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                if free == 0 {
+                    None
+                } else {
+                    let purged = sqlx::query(sql::PURGE_CHANGES)
+                        .bind(Timestamp(before))
+                        .bind(i64::from(batch))
+                        .execute(&mut **tx)
+                        .await?;
+                    Some(B::rows_affected(&purged))
                 }
             })?;
             Ok(outcome)

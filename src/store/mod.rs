@@ -56,6 +56,7 @@ macro_rules! transaction {
 }
 
 mod backend;
+mod changes;
 mod pool;
 mod postgres;
 mod sql;
@@ -73,10 +74,11 @@ use chrono::{DateTime, Utc};
 
 use crate::feedback::stats::{Counts, DayCounts, StatsFilter};
 use crate::feedback::{
-    Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey, ModelName,
-    NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
+    ChangesRequest, Description, EndUserId, Feedback, FeedbackChanges, FeedbackFilter, FeedbackKey,
+    ModelName, NewFeedback, OutputId, OutputKind, PageRequest, Position, Rating, Scope, TenantId,
 };
 
+pub use changes::ChangesPage;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use webhooks::{
@@ -339,6 +341,19 @@ pub trait FeedbackStore: Send + Sync {
         before: DateTime<Utc>,
         batch: u32,
     ) -> StoreResult<Option<u64>>;
+
+    /// One page of the changes feed in scope, oldest first: only changes
+    /// behind which no write still in flight can land (so a reader that
+    /// follows the cursors sees each change once, in commit order).
+    async fn list_changes(
+        &self,
+        scope: &Scope,
+        request: &ChangesRequest,
+    ) -> StoreResult<ChangesPage>;
+
+    /// Purges at most `batch` changes that occurred before `before`, in one
+    /// transaction; `None`: another replica is doing it now.
+    async fn purge_changes(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<Option<u64>>;
 
     /// The entry visible in scope under that key.
     async fn find_feedback(

@@ -165,7 +165,7 @@ impl Backend for PostgresStore {
     }
 
     /// `NOTIFY` in the enqueue statement does it, at commit.
-    fn deliveries_enqueued(&self) {}
+    fn deliveries_enqueued() {}
 
     /// Waits for a notification on [`WEBHOOK_CHANNEL`], opening the
     /// `LISTEN` session first if there is none (a failure to open it just

@@ -28,7 +28,8 @@ use sqlx::error::BoxDynError;
 use super::Timestamp;
 use crate::feedback::stats::StatsFilter;
 use crate::feedback::{
-    EndUserId, FeedbackFilter, FeedbackKey, PageRequest, Position, Scope, SortOrder, TenantId,
+    ChangesRequest, EndUserId, FeedbackFilter, FeedbackKey, PageRequest, Position, Scope,
+    SortOrder, TenantId,
 };
 
 pub(super) const FIND_FEEDBACK: &str = concat!(
@@ -393,14 +394,10 @@ macro_rules! dialect {
     };
 }
 
-dialect!(sqlx::Postgres {
-    clock: "date_trunc('milliseconds', now())",
-    // Announces a lower bound of the position in `pg_locks` before taking it
-    // (see `settled_horizon` in postgres.rs, which decodes these locks), then
-    // reads the clock again: materialized CTEs run in that order, `position`
-    // reads rows of `held`. The lock key is `19526 << 48 | milliseconds since
-    // the epoch`; 19526 (`0x4C46`, "LF") tags these locks.
-    position: (
+/// PostgreSQL's `with` clause that announces a lower bound of a position
+/// and then takes it (`position.created_at`): a create's, a change's.
+macro_rules! pg_announced_position {
+    () => {
         "with announced as materialized (
              select date_trunc('milliseconds', clock_timestamp()) as lower_bound
          ), held as materialized (
@@ -411,9 +408,18 @@ dialect!(sqlx::Postgres {
          ), position as (
              select greatest(date_trunc('milliseconds', clock_timestamp()), lower_bound) as created_at
              from held
-         ) ",
-        "position"
-    ),
+         ) "
+    };
+}
+
+dialect!(sqlx::Postgres {
+    clock: "date_trunc('milliseconds', now())",
+    // Announces a lower bound of the position in `pg_locks` before taking it
+    // (see `settled_horizon` in postgres.rs, which decodes these locks), then
+    // reads the clock again: materialized CTEs run in that order, `position`
+    // reads rows of `held`. The lock key is `19526 << 48 | milliseconds since
+    // the epoch`; 19526 (`0x4C46`, "LF") tags these locks.
+    position: (pg_announced_position!(), "position"),
     in_output_ids: "= any($3)",
     lock_row: " for update",
     day_of_created_at: "cast(floor(extract(epoch from created_at) / 86400) as bigint)",
@@ -626,6 +632,120 @@ history_dialect!(sqlx::Sqlite {
     try_lock_key: "select coalesce(1, $1, $2)",
     try_lock_retention: "select 1",
 });
+
+// Issue 14: the outbox and the changes feed.
+
+/// The columns of a change, as `ChangeRow` reads them.
+const CHANGE_COLUMNS: &str = "seq, kind, output_id, end_user, type, entry, occurred_at";
+
+/// Erasure: strips the entry from every change of end user `$2` of tenant `$1`.
+pub(super) const STRIP_CHANGES: &str =
+    "update changes set entry = null where tenant = $1 and end_user = $2 and entry is not null";
+/// Whether change `$2` at `$3` of tenant `$1` exists (a cursor names it).
+pub(super) const CHANGE_EXISTS: &str =
+    "select count(*) from changes where seq = $2 and occurred_at = $3 and tenant = $1";
+/// Purges at most `$2` changes that occurred before `$1`.
+pub(super) const PURGE_CHANGES: &str = "delete from changes where seq in (
+         select seq from changes where occurred_at < $1 order by occurred_at limit $2)";
+
+/// The statements of the outbox whose text differs between the databases.
+pub(super) trait ChangesDialect: sqlx::Database {
+    /// Records a change of entry `($2, $3)` of tenant `$1`, end user `$4`,
+    /// type `$5`, entry `$6`; returns its `seq`. It takes its `occurred_at`
+    /// so that no change can later land before a position the feed showed.
+    const INSERT_CHANGE: &'static str;
+    /// `1` if this transaction is the one replica's change purge, else `0`.
+    const TRY_LOCK_CHANGE_PURGE: &'static str;
+}
+
+/// Writes `impl ChangesDialect` for one database from its fragments:
+/// `position` (the `with` clause and the table `position.created_at` comes
+/// from, as in `dialect!`) and the purge's try-lock.
+macro_rules! changes_dialect {
+    ($database:ty {
+        position: ($position_with:expr, $position_from:expr),
+        try_lock_purge: $try_lock_purge:expr $(,)?
+    }) => {
+        impl ChangesDialect for $database {
+            const INSERT_CHANGE: &'static str = concat!(
+                $position_with,
+                "insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
+                 select $1, $2, $3, $4, $5, $6, position.created_at from ",
+                $position_from,
+                " returning seq"
+            );
+            const TRY_LOCK_CHANGE_PURGE: &'static str = $try_lock_purge;
+        }
+    };
+}
+
+changes_dialect!(sqlx::Postgres {
+    // The create's own mechanism (see `SETTLED_HORIZON_SQL` in postgres.rs):
+    // the lock announces a lower bound of `occurred_at` until the commit.
+    position: (pg_announced_position!(), "position"),
+    // Two-key (objsubid 2): not one of the announced positions.
+    try_lock_purge: "select cast(pg_try_advisory_xact_lock(19528, 1) as integer)::bigint",
+});
+
+changes_dialect!(sqlx::Sqlite {
+    // Under the one writer's lock: never before the last change, so that
+    // (occurred_at, seq) order is commit order even if the clock steps back.
+    position: (
+        "",
+        concat!(
+            "(select max(",
+            sqlite_now_millis!(),
+            ", coalesce((select occurred_at from changes order by seq desc limit 1), 0)
+           ) as created_at) as position"
+        )
+    ),
+    try_lock_purge: "select 1",
+});
+
+/// The statements of the changes feed built at run time.
+impl<'q, DB> Statement<'q, DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Timestamp: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    /// One page of the feed in scope, in (occurred_at, seq) order, only
+    /// changes that occurred before `horizon` if there is one.
+    pub(super) fn changes(
+        scope: &Scope,
+        request: &ChangesRequest,
+        horizon: Option<DateTime<Utc>>,
+    ) -> Self {
+        let mut query = Self::new("select ");
+        query.push(CHANGE_COLUMNS);
+        query.push(" from changes where tenant = ");
+        query.push_bind(scope.tenant.as_str().to_owned());
+        if let Some(user) = &scope.end_user {
+            query.push(" and end_user = ");
+            query.push_bind(user.as_str().to_owned());
+        }
+        if let Some(kind) = request.kind {
+            query.push(" and kind = ");
+            query.push_bind(kind.as_str());
+        }
+        if let Some(horizon) = horizon {
+            query.push(" and occurred_at < ");
+            query.push_bind(Timestamp(horizon));
+        }
+        if let Some(after) = request.after {
+            query.push(" and (occurred_at, seq) > (");
+            query.push_bind(Timestamp(after.occurred_at));
+            query.push(", ");
+            query.push_bind(after.seq);
+            query.push(")");
+        }
+        query.push(" order by occurred_at, seq limit ");
+        query.push_bind(i64::from(request.limit));
+        query
+    }
+}
 
 // Issue 14, webhooks: endpoints, and a delivery per (endpoint, change)
 // enqueued in the change's transaction.

@@ -14,7 +14,7 @@
 //! every write slower than the last) until shutdown.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +25,7 @@ use sqlx::sqlite::{
     SqliteValueRef,
 };
 use sqlx::{Sqlite, SqliteConnection};
+use tokio::sync::watch;
 
 use super::backend::Backend;
 use super::pool::{Pool, PoolConfig};
@@ -40,11 +41,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     writer: Pool<SqliteConnection>,
     readers: Pool<SqliteConnection>,
-    /// Wakes the delivery worker when a write enqueues deliveries. Signalled
-    /// inside the write's transaction: the worker's claim needs the one
-    /// writer connection, so it runs after the commit.
-    webhooks_enqueued: Arc<tokio::sync::Notify>,
+    /// Sees [`ENQUEUES`] move: the delivery worker's wake-up.
+    webhooks_enqueued: Arc<tokio::sync::Mutex<watch::Receiver<u64>>>,
 }
+
+/// Counts writes of this process that enqueued webhook deliveries. Moved
+/// inside the write's transaction: the worker's claim needs the one writer
+/// connection, so it runs after the commit. Process-wide (a process may hold
+/// several stores, as the test suite does): a store whose worker wakes for
+/// another's write just finds nothing due.
+static ENQUEUES: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and applies pending migrations.
@@ -110,7 +116,7 @@ impl SqliteStore {
         Ok(Self {
             writer,
             readers,
-            webhooks_enqueued: Arc::default(),
+            webhooks_enqueued: Arc::new(tokio::sync::Mutex::new(ENQUEUES.subscribe())),
         })
     }
 }
@@ -173,12 +179,13 @@ impl Backend for SqliteStore {
         Ok(None)
     }
 
-    fn deliveries_enqueued(&self) {
-        self.webhooks_enqueued.notify_one();
+    fn deliveries_enqueued() {
+        ENQUEUES.send_modify(|count| *count = count.wrapping_add(1));
     }
 
     async fn wait_for_deliveries(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.webhooks_enqueued.notified()).await;
+        let mut enqueues = self.webhooks_enqueued.lock().await;
+        let _ = tokio::time::timeout(timeout, enqueues.changed()).await;
     }
 
     /// The WAL still holds the pages as they were before the erasure:
