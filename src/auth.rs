@@ -750,7 +750,7 @@ mod tests {
         }
         // A tenant key may not call the admin operations; a token only
         // reaches its one output.
-        assert_eq!(refused, 5);
+        assert_eq!(refused, 6);
     }
 
     #[test]

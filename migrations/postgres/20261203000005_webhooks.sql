@@ -31,7 +31,7 @@ create table webhook_deliveries (
     event_type       text not null,
     -- 'pending', 'delivered' or 'failed'.
     status           text not null default 'pending',
-    attempts         integer not null default 0,
+    attempts         bigint not null default 0,
     -- When the next attempt is due (pending only).
     next_attempt_at  timestamptz,
     -- A replica that claims a delivery holds it until `locked_until`; one
@@ -39,7 +39,7 @@ create table webhook_deliveries (
     -- names the claim, so a late answer of an expired claim is not recorded.
     locked_until     timestamptz,
     lease_token      text,
-    last_status_code integer,
+    last_status_code bigint,
     last_error       text,
     created_at       timestamptz not null,
     unique (endpoint_id, change_seq)

@@ -197,10 +197,9 @@ impl Backend for PostgresStore {
             return;
         };
         match tokio::time::timeout_at(deadline, session.try_recv()).await {
-            // A notification, or the deadline.
-            Ok(Ok(Some(_))) | Err(_) => {}
-            // The session was lost (it reconnects on the next call) or failed.
-            Ok(Ok(None)) => {}
+            // A notification, the deadline, or a lost session (it
+            // reconnects on the next call).
+            Ok(Ok(_)) | Err(_) => {}
             Ok(Err(_)) => *listener = None,
         }
     }

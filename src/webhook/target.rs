@@ -53,7 +53,7 @@ impl TargetUrl {
         let target = Self(url);
         match target.0.host() {
             None => return Err("must name a host".to_owned()),
-            Some(url::Host::Domain(domain)) if domain.is_empty() => {
+            Some(url::Host::Domain("")) => {
                 return Err("must name a host".to_owned());
             }
             _ => {}

@@ -79,5 +79,6 @@ mod store_keys;
 mod timestamps;
 mod tokens;
 mod update;
+mod webhooks;
 mod widget;
 mod workers;
