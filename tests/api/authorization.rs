@@ -66,8 +66,8 @@ async fn every_api_operation_documents_403_and_no_operational_one_does(app: Test
     }
     // The eight feedback operations, `GET /stats`, `POST /tokens`, and
     // issue 13's delete and revisions (each also for the entry named
-    // `batch`) and erasure.
-    assert_eq!(api_operations, 15, "{}", document["paths"]);
+    // `batch`) and erasure, and issue 14's four webhook operations.
+    assert_eq!(api_operations, 19, "{}", document["paths"]);
 }
 
 async fn forbidden_is_a_listed_error_code(app: TestApp) {

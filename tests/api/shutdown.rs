@@ -482,12 +482,24 @@ async fn sigterm_stops_the_background_workers_after_the_drain_the_last_started_f
     };
     assert_eq!(
         workers("worker started"),
-        ["metrics-upkeep", "key-set-reloader", "idempotency-purge"],
+        [
+            "metrics-upkeep",
+            "key-set-reloader",
+            "idempotency-purge",
+            "change-purge",
+            "webhook-delivery"
+        ],
         "{seen}"
     );
     assert_eq!(
         workers("worker stopped"),
-        ["idempotency-purge", "key-set-reloader", "metrics-upkeep"],
+        [
+            "webhook-delivery",
+            "change-purge",
+            "idempotency-purge",
+            "key-set-reloader",
+            "metrics-upkeep"
+        ],
         "{seen}"
     );
     let position = |message: &str| {
