@@ -42,6 +42,11 @@ pub enum AppError {
     /// 409: a request with the same `Idempotency-Key` is still in flight.
     #[error("a request with this Idempotency-Key is still being processed; retry after 1 s")]
     IdempotencyInProgress,
+    /// 410: a changes-feed cursor older than the changes' retention.
+    #[error(
+        "this cursor is older than the changes kept (CHANGE_RETENTION_DAYS); start again without `after`"
+    )]
+    CursorExpired,
     /// 412: `If-Match` does not match the entry's current `ETag`.
     #[error("the entry's current ETag does not match If-Match; nothing was changed")]
     PreconditionFailed,
@@ -87,6 +92,7 @@ impl AppError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict | Self::IdempotencyInProgress => StatusCode::CONFLICT,
+            Self::CursorExpired => StatusCode::GONE,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +114,7 @@ impl AppError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::IdempotencyInProgress => "idempotency_in_progress",
+            Self::CursorExpired => "cursor_expired",
             Self::PreconditionFailed => "precondition_failed",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::PayloadTooLarge => "payload_too_large",

@@ -441,3 +441,39 @@ fn count_write(metric: &'static str, entry: &Feedback) {
     let rating = entry.rating.map_or("none", Rating::as_str);
     metrics::counter!(metric, "kind" => entry.kind.as_str(), "rating" => rating).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The outbox stores `entry_json`; the API answers `FeedbackResponse`:
+        /// byte for byte the same text.
+        #[test]
+        fn the_outbox_entry_is_the_api_entry_byte_for_byte(
+            rating in proptest::option::of(prop_oneof![Just(Rating::ThumbsUp), Just(Rating::ThumbsDown)]),
+            description in proptest::option::of("\\PC{0,40}"),
+            model in proptest::option::of("[a-z0-9.-]{1,20}"),
+            created in 0_i64..4_000_000_000_000,
+            later in 0_i64..1_000_000,
+        ) {
+            let entry = Feedback {
+                kind: OutputKind::Responses,
+                id: OutputId::parse("resp-1\"\\/é".to_owned()).unwrap(),
+                rating,
+                description: description.map(|text| Description::parse(text).unwrap()),
+                model: model.map(|name| ModelName::parse(name).unwrap()),
+                end_user: None,
+                created_at: DateTime::from_timestamp_millis(created).unwrap(),
+                updated_at: DateTime::from_timestamp_millis(created + later).unwrap(),
+                revision: 1,
+            };
+            let outbox = crate::feedback::entry_json(&entry);
+            let api = serde_json::to_string(&FeedbackResponse::from(entry)).unwrap();
+            prop_assert_eq!(outbox, api);
+        }
+    }
+}

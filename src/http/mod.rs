@@ -5,6 +5,7 @@
 //! routes, fallbacks, the layers every request passes).
 
 mod authn;
+mod changes;
 mod conditional;
 mod connection;
 mod dashboard;
@@ -191,6 +192,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(requiring(
             Requirement::ManageWebhooks,
             routes!(webhooks::list_webhook_deliveries),
+        ))
+        // Issue 14: the changes feed (a static segment, like `tokens`).
+        .routes(requiring(
+            Requirement::TenantFeedback,
+            routes!(changes::list_changes),
         ))
         // A static segment again: `POST /tokens` is not a create of kind `tokens`.
         .routes(requiring(

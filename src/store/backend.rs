@@ -164,7 +164,6 @@ macro_rules! insert_in {
                 adjust_counters::<B>($tx, scope.tenant.as_str(), None, Some(&row)).await?;
                 match Feedback::try_from(row) {
                     Ok(entry) => {
-                        record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
                         record_entry_change::<B>(
                             $tx,
                             scope.tenant.as_str(),
@@ -172,6 +171,7 @@ macro_rules! insert_in {
                             &entry,
                         )
                         .await?;
+                        record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
                         Ok(Insertion::Inserted(entry))
                     }
                     Err(err) => Err(err),
@@ -529,7 +529,6 @@ for_every_backend! {
                                     .await?;
                                 match Feedback::try_from(after) {
                                     Ok(entry) => {
-                                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
                                         record_entry_change::<B>(
                                             tx,
                                             scope.tenant.as_str(),
@@ -537,6 +536,7 @@ for_every_backend! {
                                             &entry,
                                         )
                                         .await?;
+                                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
                                         Ok(Update::Updated(entry))
                                     }
                                     Err(err) => Err(err),
@@ -569,6 +569,7 @@ for_every_backend! {
                 .await?;
                 if let Some(gone) = rows.pop() {
                     remove_from_counters::<B>(tx, [(scope.tenant.as_str(), &gone)]).await?;
+                    record_deletion::<B>(tx, scope.tenant.as_str(), &gone).await?;
                     sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
                         .bind(scope.tenant.as_str())
                         .bind(key.kind.as_str())
@@ -583,7 +584,6 @@ for_every_backend! {
                         .bind(None::<Timestamp>)
                         .execute(&mut **tx)
                         .await?;
-                    record_deletion::<B>(tx, scope.tenant.as_str(), &gone).await?;
                     Deletion::Deleted
                 } else if conditional {
                     let (exists,): (i64,) = scoped_query(sql::ENTRY_EXISTS, scope, key)

@@ -45,9 +45,15 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 //   Either way it lands at or past H, never behind an entry the page showed.
 //
 // Held-back entries appear on a later page as soon as the creates before
-// them finish (milliseconds). Only creates take the lock, so no other
-// transaction, however long, holds anything back. The changes feed can use
-// the same pair: announce in the write, `settled_horizon` in the read.
+// them finish (milliseconds). Only writes of entries take the lock, so no
+// other transaction, however long, holds anything back.
+//
+// The changes feed (issue 14) is the same pair over the outbox: every change
+// (create, update, delete, erasure, retention) announces a lower bound of its
+// `occurred_at` with the same fragment (`INSERT_CHANGE` in sql.rs), and
+// `list_changes` reads this horizon before its page and shows only changes
+// that occurred before it, in (occurred_at, seq) order. A change of a
+// transaction that commits late cannot land behind a cursor a reader holds.
 
 /// The horizon of ascending pages: no create still running can land below
 /// it. Decodes the keys that creates announce (sql.rs, tag 19526) in this database.

@@ -64,10 +64,11 @@ async fn every_api_operation_documents_403_and_no_operational_one_does(app: Test
             }
         }
     }
-    // The eight feedback operations, `GET /stats`, `POST /tokens`, and
+    // The eight feedback operations, `GET /stats`, `POST /tokens`,
     // issue 13's delete and revisions (each also for the entry named
-    // `batch`) and erasure, and issue 14's four webhook operations.
-    assert_eq!(api_operations, 19, "{}", document["paths"]);
+    // `batch`) and erasure, and issue 14's `GET /changes` and four webhook
+    // operations.
+    assert_eq!(api_operations, 20, "{}", document["paths"]);
 }
 
 async fn forbidden_is_a_listed_error_code(app: TestApp) {

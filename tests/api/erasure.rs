@@ -189,7 +189,7 @@ async fn a_bad_end_user_in_the_path_is_400_naming_the_path_parameter(app: TestAp
 
 /// How many places in the database hold `needle`: rows of any table
 /// (PostgreSQL), bytes of the file and its WAL (SQLite).
-async fn occurrences(app: &TestApp, needle: &str) -> usize {
+pub(crate) async fn occurrences(app: &TestApp, needle: &str) -> usize {
     match app.backend {
         Backend::Postgres => {
             let mut conn = sqlx::PgConnection::connect(&app.database_url)

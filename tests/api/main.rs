@@ -47,6 +47,7 @@ macro_rules! per_store {
 mod auth;
 mod authorization;
 mod binary;
+mod changes;
 mod cli;
 mod cluster;
 mod concurrency;
