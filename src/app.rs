@@ -232,8 +232,12 @@ fn start_safe_write_workers(workers: &mut Workers, store: &Arc<dyn Store>, serve
     });
 }
 
-/// The webhook delivery worker (src/webhook/delivery.rs), one per replica.
+/// The webhook delivery worker (src/webhook/delivery.rs), one per replica
+/// (unless `WEBHOOK_DELIVERY=false`).
 fn start_webhook_worker(workers: &mut Workers, store: &Arc<dyn Store>, serve: &ServeArgs) {
+    if !serve.webhooks.webhook_delivery {
+        return;
+    }
     let store = Arc::clone(store);
     let settings = crate::webhook::delivery::DeliverySettings {
         allow_private: serve.webhooks.webhook_allow_private_targets,

@@ -200,6 +200,10 @@ pub struct WebhookArgs {
     /// shorter only for tests.
     #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub webhook_timeout_ms: u64,
+    /// Run the webhook delivery worker in this replica (`false`: this
+    /// replica only enqueues; others deliver).
+    #[arg(long, env = "WEBHOOK_DELIVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_delivery: bool,
 }
 
 impl Default for WebhookArgs {
@@ -208,6 +212,7 @@ impl Default for WebhookArgs {
             webhook_allow_private_targets: false,
             webhook_retry_schedule: RetrySchedule::default(),
             webhook_timeout_ms: 10_000,
+            webhook_delivery: true,
         }
     }
 }

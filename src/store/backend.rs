@@ -1051,6 +1051,20 @@ for_every_backend! {
                 ),
             };
             let delivery = attempt.delivery;
+            if attempt.outcome != AttemptOutcome::Gone {
+                // One statement: no transaction needed.
+                let write = sqlx::query(sql::RECORD_WEBHOOK_ATTEMPT)
+                    .bind(delivery.id)
+                    .bind(attempt.lease_token)
+                    .bind(status)
+                    .bind(code)
+                    .bind(error)
+                    .bind(next);
+                run!(self.writer(), |conn| write.execute(conn))?;
+                return Ok(());
+            }
+            // A 410: the attempt, the endpoint disabled and its pending
+            // deliveries failed, together.
             transaction!(self.writer(), |tx| {
                 let recorded = sqlx::query(sql::RECORD_WEBHOOK_ATTEMPT)
                     .bind(delivery.id)
@@ -1061,7 +1075,7 @@ for_every_backend! {
                     .bind(next)
                     .execute(&mut **tx)
                     .await?;
-                if attempt.outcome == AttemptOutcome::Gone && B::rows_affected(&recorded) == 1 {
+                if B::rows_affected(&recorded) == 1 {
                     sqlx::query(sql::DISABLE_WEBHOOK_ENDPOINT)
                         .bind(delivery.endpoint_id.as_str())
                         .bind(Timestamp(attempt.at))

@@ -49,6 +49,7 @@ const SERVICE_VARIABLES: &[&str] = &[
     "WEBHOOK_ALLOW_PRIVATE_TARGETS",
     "WEBHOOK_RETRY_SCHEDULE",
     "WEBHOOK_TIMEOUT_MS",
+    "WEBHOOK_DELIVERY",
 ];
 
 /// The real binary, with none of the service's variables inherited.
