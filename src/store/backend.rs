@@ -74,8 +74,11 @@ pub(super) trait Backend: Send + Sync + 'static {
 
     /// Completes when deliveries may have been enqueued (PostgreSQL: a
     /// commit on any replica; SQLite: a write of this process), or after
-    /// `timeout`.
-    fn wait_for_deliveries(&self, timeout: std::time::Duration) -> impl Future<Output = ()> + Send;
+    /// `timeout`; `false`: nothing is due.
+    fn wait_for_deliveries(
+        &self,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = bool> + Send;
 
     /// After an erasure: moves what the database still holds of deleted rows
     /// out of side files (SQLite: checkpoints the WAL into the file, where
@@ -1090,8 +1093,8 @@ for_every_backend! {
             Ok(())
         }
 
-        async fn wait_for_deliveries(&self, timeout: std::time::Duration) {
-            Backend::wait_for_deliveries(self, timeout).await;
+        async fn wait_for_deliveries(&self, timeout: std::time::Duration) -> bool {
+            Backend::wait_for_deliveries(self, timeout).await
         }
 
         async fn webhook_queue_depth(&self) -> StoreResult<u64> {

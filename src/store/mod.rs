@@ -483,8 +483,10 @@ pub trait WebhookStore: Send + Sync {
 
     /// Completes when deliveries may have been enqueued (PostgreSQL: a
     /// commit on any replica, through `LISTEN`; SQLite: a write of this
-    /// process), or after `timeout`.
-    async fn wait_for_deliveries(&self, timeout: Duration);
+    /// process), or after `timeout`; `false`: nothing is due (PostgreSQL
+    /// asks on its `LISTEN` session, so an idle worker holds no pooled
+    /// connection), no need to claim.
+    async fn wait_for_deliveries(&self, timeout: Duration) -> bool;
 }
 
 /// Which database, as the store needs it.

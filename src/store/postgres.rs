@@ -67,6 +67,12 @@ const SETTLED_HORIZON_SQL: &str = "select least(
 
 /// The channel on which committed webhook enqueues are announced.
 const WEBHOOK_CHANNEL: &str = "llm_feedback_webhooks";
+/// Whether a webhook delivery is due (what a claim would find), asked on the
+/// `LISTEN` session.
+const WEBHOOK_DELIVERY_DUE_SQL: &str = "select exists (
+        select 1 from webhook_deliveries
+        where status = 'pending' and next_attempt_at <= now()
+          and (locked_until is null or locked_until < now()))";
 
 /// Entries stored through a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
@@ -75,8 +81,9 @@ pub struct PostgresStore {
     /// The delivery worker's `LISTEN` session (its own connection, opened
     /// on first wait, reopened after a loss).
     webhook_listener: Arc<tokio::sync::Mutex<Option<PgListener>>>,
-    /// Where that session connects.
-    listen_options: PgConnectOptions,
+    /// Where that session comes from: a pool of one, opened lazily (kept
+    /// here: a listener whose pool is dropped stops listening).
+    listen_pool: sqlx::PgPool,
 }
 
 impl PostgresStore {
@@ -112,10 +119,14 @@ impl PostgresStore {
             .await
             .map_err(|source| ConnectError::Migrate { url, source })?;
         conn.release();
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(listen_options);
         Ok(Self {
             pool,
             webhook_listener: Arc::default(),
-            listen_options,
+            listen_pool,
         })
     }
 }
@@ -174,18 +185,17 @@ impl Backend for PostgresStore {
     fn deliveries_enqueued() {}
 
     /// Waits for a notification on [`WEBHOOK_CHANNEL`], opening the
-    /// `LISTEN` session first if there is none (a failure to open it just
-    /// waits out `timeout`: the worker polls anyway).
-    async fn wait_for_deliveries(&self, timeout: Duration) {
+    /// `LISTEN` session first if there is none; at the deadline, asks on
+    /// that session whether a delivery is due (a retry, a lease run out), so
+    /// that an idle worker never takes a pooled connection. Without the
+    /// session (it cannot be opened): `true` once `timeout` passed, and the
+    /// worker polls through the pool.
+    async fn wait_for_deliveries(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut listener = self.webhook_listener.lock().await;
         if listener.is_none() {
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(timeout)
-                .connect_lazy_with(self.listen_options.clone());
             let opened = tokio::time::timeout_at(deadline, async {
-                let mut opened = PgListener::connect_with(&pool).await?;
+                let mut opened = PgListener::connect_with(&self.listen_pool).await?;
                 opened.listen(WEBHOOK_CHANNEL).await?;
                 Ok::<_, sqlx::Error>(opened)
             })
@@ -195,18 +205,32 @@ impl Backend for PostgresStore {
                 Ok(Err(err)) => {
                     tracing::debug!(error = %err, "cannot listen for webhook deliveries");
                 }
-                Err(_) => return,
+                Err(_) => return true,
             }
         }
         let Some(session) = listener.as_mut() else {
             tokio::time::sleep_until(deadline).await;
-            return;
+            return true;
         };
         match tokio::time::timeout_at(deadline, session.try_recv()).await {
-            // A notification, the deadline, or a lost session (it
-            // reconnects on the next call).
-            Ok(Ok(_)) | Err(_) => {}
-            Ok(Err(_)) => *listener = None,
+            // A notification, or a lost session (it reconnects on the next
+            // call): claim.
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                *listener = None;
+                true
+            }
+            Err(_) => {
+                let due = sqlx::query_as::<_, (bool,)>(WEBHOOK_DELIVERY_DUE_SQL)
+                    .fetch_one(&mut *session)
+                    .await;
+                if let Ok((due,)) = due {
+                    due
+                } else {
+                    *listener = None;
+                    true
+                }
+            }
         }
     }
 
@@ -221,6 +245,8 @@ impl Backend for PostgresStore {
     }
 
     async fn close(&self) {
+        *self.webhook_listener.lock().await = None;
+        self.listen_pool.close().await;
         self.pool.close().await;
     }
 }

@@ -183,9 +183,12 @@ impl Backend for SqliteStore {
         ENQUEUES.send_modify(|count| *count = count.wrapping_add(1));
     }
 
-    async fn wait_for_deliveries(&self, timeout: Duration) {
+    /// After a timeout the worker claims anyway (retries fall due without
+    /// a write): the claim is one statement on the local writer.
+    async fn wait_for_deliveries(&self, timeout: Duration) -> bool {
         let mut enqueues = self.webhooks_enqueued.lock().await;
         let _ = tokio::time::timeout(timeout, enqueues.changed()).await;
+        true
     }
 
     /// The WAL still holds the pages as they were before the erasure:

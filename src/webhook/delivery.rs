@@ -71,12 +71,25 @@ pub async fn deliver_webhooks(
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut attempts = JoinSet::new();
-    let mut depth_published = Instant::now().checked_sub(QUEUE_DEPTH_INTERVAL);
+    // The gauge is refreshed while there is work (and once it ran out), not
+    // while idle: an idle worker touches no pooled connection.
+    let mut depth_published = Instant::now();
+    let mut depth_stale = true;
+    // At start, wait and ask first (PostgreSQL: on the LISTEN session)
+    // rather than claim: start-up stays light.
+    let mut may_have_work = false;
     loop {
         while attempts.try_join_next().is_some() {}
-        if depth_published.is_none_or(|at| at.elapsed() >= QUEUE_DEPTH_INTERVAL) {
-            publish_queue_depth(store.as_ref()).await;
-            depth_published = Some(Instant::now());
+        if depth_stale && depth_published.elapsed() >= QUEUE_DEPTH_INTERVAL {
+            depth_stale = publish_queue_depth(store.as_ref()).await;
+            depth_published = Instant::now();
+        }
+        if !may_have_work {
+            tokio::select! {
+                due = store.wait_for_deliveries(POLL_INTERVAL) => may_have_work = due,
+                () = context.stopping() => break,
+            }
+            continue;
         }
         let free = slots.available_permits();
         if free == 0 {
@@ -102,6 +115,7 @@ pub async fn deliver_webhooks(
             }
         };
         let got = claimed.len();
+        depth_stale |= got > 0;
         let lease_token: Arc<str> = lease_token.into();
         for delivery in claimed {
             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
@@ -118,14 +132,9 @@ pub async fn deliver_webhooks(
                 drop(permit);
             });
         }
-        if got < free {
-            // Nothing more is due: wait for a committed enqueue (or a slot's
-            // end, or the next poll).
-            tokio::select! {
-                () = store.wait_for_deliveries(POLL_INTERVAL) => {}
-                () = context.stopping() => break,
-            }
-        }
+        // Fewer than asked: nothing more is due until a committed enqueue,
+        // a retry falling due or a lease running out.
+        may_have_work = got == free;
         if context.is_stopping() {
             break;
         }
@@ -136,11 +145,18 @@ pub async fn deliver_webhooks(
     Ok(())
 }
 
-async fn publish_queue_depth(store: &dyn Store) {
+/// Publishes the queue depth; whether it is worth reading again (not 0).
+async fn publish_queue_depth(store: &dyn Store) -> bool {
     match store.webhook_queue_depth().await {
-        #[expect(clippy::cast_precision_loss, reason = "a gauge")]
-        Ok(depth) => metrics::gauge!(telemetry::WEBHOOK_QUEUE_DEPTH).set(depth as f64),
-        Err(err) => tracing::debug!(error = %err, "cannot read the webhook queue depth"),
+        Ok(depth) => {
+            #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+            metrics::gauge!(telemetry::WEBHOOK_QUEUE_DEPTH).set(depth as f64);
+            depth > 0
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot read the webhook queue depth");
+            true
+        }
     }
 }
 
