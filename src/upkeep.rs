@@ -63,14 +63,15 @@ pub async fn enforce_retention(
 }
 
 /// Purges changes that occurred more than `days` days ago (the changes
-/// feed's retention), every [`RETENTION_INTERVAL`], the first at once; on
-/// PostgreSQL one replica at a time, as retention.
+/// feed's retention), every [`RETENTION_INTERVAL`]; on PostgreSQL one
+/// replica at a time, as retention. The first round one interval after
+/// start, like the idempotency purge: start-up stays light.
 pub async fn purge_changes(
     store: Arc<dyn Store>,
     days: u32,
     context: WorkerContext,
 ) -> WorkerResult {
-    every(RETENTION_INTERVAL, true, &context, || {
+    every(RETENTION_INTERVAL, false, &context, || {
         let store = Arc::clone(&store);
         async move {
             let before = Utc::now() - chrono::Duration::days(i64::from(days));

@@ -31,6 +31,13 @@ both_stores!(
 );
 per_store!(a_cursor_older_than_the_retention_is_410_and_old_changes_are_purged);
 
+mod purge_lock {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::the_purge_skips_a_round_another_replica_holds().await;
+    }
+}
+
 mod concurrent_writers_and_a_late_commit {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn postgres() {
@@ -579,14 +586,15 @@ async fn a_cursor_older_than_the_retention_is_410_and_old_changes_are_purged(bac
     app.create_ok("completions", json!({"id": "new"})).await;
 
     let expired = feed(&app, &format!("after={old_cursor}"), &[]).await;
-    // A replica with CHANGE_RETENTION_DAYS=30 purges at start.
-    let _purging = spawn_app_on_with(&database, |serve| serve.change_retention_days = 30).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while whole_feed(&app, "", &[], 1).await.len() != 1 {
-        assert!(Instant::now() < deadline, "the purge did not run");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The change-purge worker's round, as CHANGE_RETENTION_DAYS=30 runs it.
+    let kept_since = chrono::Utc::now() - chrono::Duration::days(30);
+    let purged = app
+        .store
+        .purge_changes(kept_since, 500)
+        .await
+        .expect("purge");
 
+    assert_eq!(purged, Some(2));
     assert_error(&expired, 410, "cursor_expired", "an aged cursor");
     let still_expired = feed(&app, &format!("after={old_cursor}"), &[]).await;
     assert_error(&still_expired, 410, "cursor_expired", "a purged cursor");
@@ -898,4 +906,24 @@ fn assert_seen_once_in_commit_order(seen: &[Value], made: &[Write]) {
         }
     }
     assert!(ordered_pairs > 1000, "{ordered_pairs}");
+}
+
+async fn the_purge_skips_a_round_another_replica_holds() {
+    let app = crate::helpers::spawn_app(Backend::Postgres).await;
+    app.create_ok("completions", json!({"id": "c-1"})).await;
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let mut other = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let mut held = other.begin().await.expect("begin");
+    sqlx::query("select pg_advisory_xact_lock(19528, 1)")
+        .execute(&mut *held)
+        .await
+        .expect("lock");
+
+    let skipped = app.store.purge_changes(later, 10).await.expect("batch");
+    held.rollback().await.expect("release");
+    let purged = app.store.purge_changes(later, 10).await.expect("batch");
+
+    assert_eq!((skipped, purged), (None, Some(1)));
 }
