@@ -135,6 +135,7 @@ impl Application {
             request_timeout: self.serve.request_timeout(),
             cors_allowed_origins: self.serve.cors_allowed_origins.clone(),
             idempotency_ttl: Duration::from_secs(self.serve.idempotency_ttl_secs),
+            webhook_allow_private: self.serve.webhooks.webhook_allow_private_targets,
             change_retention_days: self.serve.change_retention_days,
         };
         let token_rate_limiter = NonZeroU32::new(self.serve.token_rate_limit_per_minute)
@@ -147,6 +148,7 @@ impl Application {
         });
         start_workers(&mut self.workers, &authenticator, &exporter);
         start_safe_write_workers(&mut self.workers, &self.store, &self.serve);
+        start_webhook_worker(&mut self.workers, &self.store, &self.serve);
         let router = http::router(
             Arc::clone(&self.store),
             authenticator,
@@ -241,6 +243,23 @@ fn start_safe_write_workers(workers: &mut Workers, store: &Arc<dyn Store>, serve
     let (changes, days) = (Arc::clone(store), serve.change_retention_days);
     workers.spawn("change-purge", move |context: WorkerContext| {
         crate::upkeep::purge_changes(Arc::clone(&changes), days, context)
+    });
+}
+
+/// The webhook delivery worker (src/webhook/delivery.rs), one per replica
+/// (unless `WEBHOOK_DELIVERY=false`).
+fn start_webhook_worker(workers: &mut Workers, store: &Arc<dyn Store>, serve: &ServeArgs) {
+    if !serve.webhooks.webhook_delivery {
+        return;
+    }
+    let store = Arc::clone(store);
+    let settings = crate::webhook::delivery::DeliverySettings {
+        allow_private: serve.webhooks.webhook_allow_private_targets,
+        timeout: Duration::from_millis(serve.webhooks.webhook_timeout_ms),
+        schedule: serve.webhooks.webhook_retry_schedule.clone(),
+    };
+    workers.spawn("webhook-delivery", move |context: WorkerContext| {
+        crate::webhook::delivery::deliver_webhooks(Arc::clone(&store), settings.clone(), context)
     });
 }
 

@@ -613,6 +613,9 @@ pub enum Requirement {
     /// Erasing everything the tenant holds about one end user (only a
     /// tenant key, acting for the whole tenant).
     EraseEndUsers,
+    /// Managing the tenant's webhook endpoints (only a tenant key; the
+    /// handlers refuse `X-On-Behalf-Of`).
+    ManageWebhooks,
     /// The admin operations across all tenants (the admin export): only
     /// admin keys.
     AllTenants,
@@ -620,11 +623,12 @@ pub enum Requirement {
 
 impl Requirement {
     /// Every requirement, for exhaustive tests.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::OneOutput,
         Self::TenantFeedback,
         Self::MintTokens,
         Self::EraseEndUsers,
+        Self::ManageWebhooks,
         Self::AllTenants,
     ];
 }
@@ -641,7 +645,8 @@ pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), 
             Requirement::OneOutput
             | Requirement::TenantFeedback
             | Requirement::MintTokens
-            | Requirement::EraseEndUsers,
+            | Requirement::EraseEndUsers
+            | Requirement::ManageWebhooks,
         )
         | (Principal::FeedbackToken(_), Requirement::OneOutput)
         | (Principal::AdminKey(_), Requirement::AllTenants) => Ok(()),
@@ -651,13 +656,15 @@ pub fn authorize(principal: &Principal, requirement: Requirement) -> Result<(), 
             Requirement::OneOutput
             | Requirement::TenantFeedback
             | Requirement::MintTokens
-            | Requirement::EraseEndUsers,
+            | Requirement::EraseEndUsers
+            | Requirement::ManageWebhooks,
         )
         | (
             Principal::FeedbackToken(_),
             Requirement::TenantFeedback
             | Requirement::MintTokens
             | Requirement::EraseEndUsers
+            | Requirement::ManageWebhooks
             | Requirement::AllTenants,
         ) => Err(AuthError::Forbidden),
     }
@@ -723,6 +730,7 @@ mod tests {
                 Requirement::TenantFeedback,
                 Requirement::MintTokens,
                 Requirement::EraseEndUsers,
+                Requirement::ManageWebhooks,
             ],
             Principal::AdminKey(_) => &[Requirement::AllTenants],
             Principal::FeedbackToken(_) => &[Requirement::OneOutput],
@@ -803,7 +811,7 @@ mod tests {
         }
         // A tenant key may not call the admin operations; an admin key
         // only them; a token only reaches its one output.
-        assert_eq!(refused, 9);
+        assert_eq!(refused, 11);
     }
 
     #[test]

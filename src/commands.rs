@@ -4,10 +4,10 @@ use std::io::Write;
 
 use crate::app::Application;
 use crate::auth;
-use crate::config::{Cli, Command, DatabaseArgs, KeysCommand};
+use crate::config::{Cli, Command, DatabaseArgs, KeysCommand, WebhooksCommand};
 use crate::feedback::TenantId;
 use crate::http::BODY_LIMIT_BYTES;
-use crate::store::{self, ApiKeyRecord, Revocation, Store};
+use crate::store::{self, ApiKeyRecord, Revocation, Store, WebhookEndpoint};
 
 /// Any failure of a command, shown to the operator as one line.
 pub type CommandError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,6 +49,12 @@ pub async fn run(cli: Cli) -> Result<(), CommandError> {
             Ok(())
         }
         Command::Keys(keys) => run_keys(keys, &database).await,
+        Command::Webhooks(webhooks) => {
+            let store = store::connect(&database.store_options()).await?;
+            let result = run_webhooks_on(webhooks, store.as_ref()).await;
+            store.close().await;
+            result
+        }
         Command::Healthcheck { listen_addr } => healthcheck(listen_addr).await,
     }
 }
@@ -178,6 +184,64 @@ fn print_keys(keys: &[ApiKeyRecord], json: bool) -> std::io::Result<()> {
             key.prefix,
             time(key.created_at),
             key.revoked_at.map_or_else(|| "-".to_owned(), time),
+        )?;
+    }
+    Ok(())
+}
+
+async fn run_webhooks_on(command: WebhooksCommand, store: &dyn Store) -> Result<(), CommandError> {
+    match command {
+        WebhooksCommand::List { tenant, json } => {
+            let tenant = tenant
+                .map(TenantId::parse)
+                .transpose()
+                .map_err(|e| format!("--tenant: {}", e.message))?;
+            let endpoints = store.list_webhook_endpoints(tenant.as_ref()).await?;
+            print_webhooks(&endpoints, json)?;
+        }
+        WebhooksCommand::Remove { endpoint_id } => {
+            if store.delete_webhook_endpoint(None, &endpoint_id).await? {
+                eprintln!("removed {endpoint_id} and its deliveries");
+            } else {
+                return Err(format!("no webhook endpoint with id {endpoint_id:?}").into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_webhooks(endpoints: &[WebhookEndpoint], json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let time = |t: chrono::DateTime<chrono::Utc>| crate::http::format_timestamp(t);
+    if json {
+        for endpoint in endpoints {
+            let line = serde_json::json!({
+                "id": endpoint.id,
+                "tenant": endpoint.tenant.as_str(),
+                "url": endpoint.url,
+                "events": endpoint.events.split(',').collect::<Vec<_>>(),
+                "created_at": time(endpoint.created_at),
+                "disabled_at": endpoint.disabled_at.map(time),
+            });
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<35} {:<20} {:<26} {:<26} {:<50} URL",
+        "ID", "TENANT", "CREATED", "DISABLED", "EVENTS"
+    )?;
+    for endpoint in endpoints {
+        writeln!(
+            out,
+            "{:<35} {:<20} {:<26} {:<26} {:<50} {}",
+            endpoint.id,
+            endpoint.tenant,
+            time(endpoint.created_at),
+            endpoint.disabled_at.map_or_else(|| "-".to_owned(), time),
+            endpoint.events,
+            endpoint.url,
         )?;
     }
     Ok(())

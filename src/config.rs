@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::store::{Database, StoreOptions};
+use crate::webhook::RetrySchedule;
 
 /// Records end users' thumbs up/down and comments on LLM outputs.
 #[derive(Debug, Parser)]
@@ -49,6 +50,10 @@ impl Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up and moved once; a box would buy nothing"
+)]
 pub enum Command {
     /// Apply pending migrations, then serve HTTP until SIGTERM/SIGINT.
     Serve(ServeArgs),
@@ -57,6 +62,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List and remove webhook endpoints.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Exit 0 if the server on LISTEN_ADDR answers `GET /healthz` with 200
     /// (for container health checks; needs no curl in the image).
     Healthcheck {
@@ -94,6 +102,26 @@ pub enum KeysCommand {
     Revoke {
         /// The key's id, as `keys list` shows it.
         key_id: String,
+    },
+}
+
+/// `webhooks` subcommands (endpoints are created through the API, which
+/// shows the secret once).
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List webhook endpoints (never their secrets).
+    List {
+        /// Only this tenant's endpoints.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// One JSON object a line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a webhook endpoint and its deliveries; nothing more is sent to it.
+    Remove {
+        /// The endpoint's id (`wh_…`), as `webhooks list` shows it.
+        endpoint_id: String,
     },
 }
 
@@ -162,6 +190,41 @@ pub struct ServeArgs {
     /// purged hourly, one replica at a time; an older cursor is `410`.
     #[arg(long, env = "CHANGE_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub change_retention_days: u32,
+    /// Webhook delivery settings.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// Settings of webhook delivery (API.md, "Webhooks").
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Allow webhook targets in loopback, private, link-local and metadata
+    /// ranges, and `http://` URLs (development and tests only).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private_targets: bool,
+    /// Waits between attempts of a failed delivery, comma-separated (`ms`,
+    /// `s`, `m`, `h`); after the last one the delivery is `failed`.
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,14h,20h,24h", value_parser = RetrySchedule::parse)]
+    pub webhook_retry_schedule: RetrySchedule,
+    /// How long a receiver has to answer an attempt (API.md: 10 seconds);
+    /// shorter only for tests.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub webhook_timeout_ms: u64,
+    /// Run the webhook delivery worker in this replica (`false`: this
+    /// replica only enqueues; others deliver).
+    #[arg(long, env = "WEBHOOK_DELIVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_delivery: bool,
+}
+
+impl Default for WebhookArgs {
+    fn default() -> Self {
+        Self {
+            webhook_allow_private_targets: false,
+            webhook_retry_schedule: RetrySchedule::default(),
+            webhook_timeout_ms: 10_000,
+            webhook_delivery: true,
+        }
+    }
 }
 
 impl ServeArgs {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod store;
 pub mod telemetry;
 pub mod upkeep;
+pub mod webhook;
 pub mod worker;
 
 pub use app::Application;

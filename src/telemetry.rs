@@ -128,6 +128,14 @@ pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
 /// The most connections each database pool may open, by `pool`.
 pub const DB_POOL_MAX_CONNECTIONS: &str = "db_pool_max_connections";
 
+/// Webhook delivery attempts, by `outcome` (`delivered`, `retried`,
+/// `failed`, `disabled`).
+pub const WEBHOOK_DELIVERIES: &str = "webhook_deliveries_total";
+/// Webhook deliveries still pending (all replicas), refreshed every 5 s.
+pub const WEBHOOK_QUEUE_DEPTH: &str = "webhook_queue_depth";
+/// Time of one delivery attempt's HTTP exchange, in seconds.
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "webhook_delivery_seconds";
+
 /// How often histogram samples are folded into their buckets (by the
 /// application's `metrics-upkeep` worker, and at every scrape).
 pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -149,6 +157,12 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
                 Matcher::Full(HTTP_REQUEST_DURATION.to_owned()),
                 LATENCY_BUCKETS,
             )
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(WEBHOOK_DELIVERY_SECONDS.to_owned()),
+                    LATENCY_BUCKETS,
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -202,6 +216,19 @@ fn describe_metrics() {
     metrics::describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Database pool connections, by pool and state (idle, in_use)"
+    );
+    metrics::describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts, by outcome (delivered, retried, failed, disabled)"
+    );
+    metrics::describe_gauge!(
+        WEBHOOK_QUEUE_DEPTH,
+        "Webhook deliveries still pending, all replicas"
+    );
+    metrics::describe_histogram!(
+        WEBHOOK_DELIVERY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of one webhook delivery attempt's HTTP exchange"
     );
     metrics::describe_gauge!(
         DB_POOL_MAX_CONNECTIONS,

@@ -321,8 +321,8 @@ pub(crate) struct EndUserParam {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code, reason = "documentation only")]
 pub(crate) struct NotOnBehalfOf {
-    /// Must be absent: an erasure is the tenant's act, never an end user's
-    /// (`403` when present).
+    /// Must be absent: this operation (an erasure, a webhook endpoint's
+    /// management) is the tenant's, never an end user's (`403` when present).
     #[param(
         rename = "X-On-Behalf-Of",
         min_length = 1,

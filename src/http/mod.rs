@@ -24,6 +24,7 @@ mod serve;
 mod stats;
 mod tokens;
 mod trace;
+mod webhooks;
 mod widget;
 
 use std::sync::Arc;
@@ -91,6 +92,8 @@ pub struct AppServices {
     pub(crate) workers: WorkerHealth,
     /// How long idempotent outcomes are kept.
     pub(crate) idempotency_ttl: std::time::Duration,
+    /// `WEBHOOK_ALLOW_PRIVATE_TARGETS`.
+    pub(crate) webhook_allow_private: bool,
     /// How many days changes are kept (`CHANGE_RETENTION_DAYS`): older cursors are `410`.
     pub(crate) change_retention_days: u32,
 }
@@ -115,6 +118,8 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<CorsOrigin>,
     /// How long idempotent outcomes are kept (`IDEMPOTENCY_TTL_SECS`).
     pub idempotency_ttl: std::time::Duration,
+    /// Whether webhook endpoints may target private addresses and `http://`.
+    pub webhook_allow_private: bool,
     /// How many days changes are kept (`CHANGE_RETENTION_DAYS`).
     pub change_retention_days: u32,
 }
@@ -187,6 +192,19 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(requiring(
             Requirement::AllTenants,
             routes!(admin_export::export_status),
+        ))
+        // Webhooks (issue 14); static segments again.
+        .routes(requiring(
+            Requirement::ManageWebhooks,
+            routes!(webhooks::create_webhook, webhooks::list_webhooks),
+        ))
+        .routes(requiring(
+            Requirement::ManageWebhooks,
+            routes!(webhooks::delete_webhook),
+        ))
+        .routes(requiring(
+            Requirement::ManageWebhooks,
+            routes!(webhooks::list_webhook_deliveries),
         ))
         // Issue 14: the changes feed (a static segment, like `tokens`).
         .routes(requiring(
@@ -279,6 +297,7 @@ pub fn router(
         readiness: ops::Readiness::default(),
         workers,
         idempotency_ttl: settings.idempotency_ttl,
+        webhook_allow_private: settings.webhook_allow_private,
         change_retention_days: settings.change_retention_days,
     }));
     let limits = Limits::new(settings.max_concurrent_requests, settings.request_timeout);

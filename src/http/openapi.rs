@@ -45,6 +45,7 @@ use super::error::ErrorEnvelope;
     tags(
         (name = "feedback", description = "Feedback entries"),
         (name = "tokens", description = "Feedback tokens: what a browser holds instead of an API key"),
+        (name = "webhooks", description = "Webhook endpoints: every change of the tenant's entries, signed per Standard Webhooks v1"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]

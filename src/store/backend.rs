@@ -17,7 +17,8 @@ use super::export::{
     JobStatus, STALE_JOB_ERROR,
 };
 use super::pool::Pool;
-use super::sql::{self, ChangesDialect, Dialect, HistoryDialect, scoped_query};
+use super::sql::{self, ChangesDialect, Dialect, HistoryDialect, WebhookDialect, scoped_query};
+use super::webhooks::{ClaimedRow, DeliveryRow, EndpointRow};
 use super::writes::{KeptRow, RevisionRow};
 use super::{
     ActiveApiKey, Actor, ApiKeyRecord, ApiKeyRow, ChangeParams, CountsRow, Deletion, Erasure,
@@ -25,6 +26,10 @@ use super::{
     Insertion, KeptResponse, KeyInsertion, KeyStore, NewApiKey, PoolStats, Revision, Revocation,
     Store, StoreError, StoreResult, Timestamp, Update, add_counts, into_active_keys, into_page,
     into_position,
+};
+use super::{
+    AttemptOutcome, ClaimedDelivery, NewWebhookEndpoint, WebhookAttempt, WebhookDelivery,
+    WebhookEndpoint, WebhookStore,
 };
 use crate::feedback::stats::{Counts, DayCounts, RangePlan, StatsFilter, day_of_millis};
 use crate::feedback::{
@@ -36,7 +41,10 @@ use crate::feedback::{
 /// What one database adds to the shared implementation.
 pub(super) trait Backend: Send + Sync + 'static {
     /// The sqlx database, with its dialect.
-    type Database: Dialect + HistoryDialect + ChangesDialect<Connection = Self::Connection>;
+    type Database: Dialect
+        + HistoryDialect
+        + ChangesDialect<Connection = Self::Connection>
+        + WebhookDialect;
     /// Its connection type.
     type Connection: sqlx::Connection<Database = Self::Database> + 'static;
     /// The output ids of a batch lookup as `FIND_FEEDBACK_BATCH` binds `$3`.
@@ -65,6 +73,18 @@ pub(super) trait Backend: Send + Sync + 'static {
     /// Closes every connection (checkpointing where the database has one).
     fn close(&self) -> impl Future<Output = ()> + Send;
 
+    /// A write is enqueueing webhook deliveries (called in its transaction):
+    /// wakes this process's delivery workers where the database does not.
+    fn deliveries_enqueued();
+
+    /// Completes when deliveries may have been enqueued (PostgreSQL: a
+    /// commit on any replica; SQLite: a write of this process), or after
+    /// `timeout`; `false`: nothing is due.
+    fn wait_for_deliveries(
+        &self,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = bool> + Send;
+
     /// After an erasure: moves what the database still holds of deleted rows
     /// out of side files (SQLite: checkpoints the WAL into the file, where
     /// `secure_delete` has zeroed them).
@@ -90,6 +110,10 @@ macro_rules! for_every_backend {
             for<'q> Timestamp: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
             for<'q> Option<Timestamp>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
             for<'q> Option<String>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+            for<'q> Option<i64>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+            for<'r> EndpointRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> DeliveryRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> ClaimedRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> RevisionRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> KeptRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> ExpiredRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
@@ -309,6 +333,7 @@ where
     for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
     for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
     // `fetch_all`: SQLite steps a write to its end only so (see sqlite.rs).
@@ -325,8 +350,17 @@ where
         .first()
         .map(|(seq,)| *seq)
         .ok_or(sqlx::Error::RowNotFound)?;
-    // Webhooks: the statement that enqueues the deliveries of change `seq`
-    // goes here, in the same transaction.
+    // Webhooks: a delivery of change `seq` to every subscribed endpoint,
+    // in the same transaction.
+    let enqueued = sqlx::query(<B::Database as WebhookDialect>::ENQUEUE_WEBHOOK_DELIVERIES)
+        .bind(tenant)
+        .bind(seq)
+        .bind(change.change_type.as_str())
+        .execute(&mut **tx)
+        .await?;
+    if B::rows_affected(&enqueued) > 0 {
+        B::deliveries_enqueued();
+    }
     Ok(seq)
 }
 
@@ -343,6 +377,7 @@ where
     for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
     for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
     let json = entry_json(entry);
@@ -369,6 +404,7 @@ where
     for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
     for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
     let change = NewChange {
@@ -1055,6 +1091,162 @@ for_every_backend! {
                 .bind(limit);
             let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
             Ok(rows.into_iter().map(ExportRow::from).collect())
+        }
+    }
+
+    impl WebhookStore {
+        async fn insert_webhook_endpoint(
+            &self,
+            endpoint: &NewWebhookEndpoint,
+        ) -> StoreResult<WebhookEndpoint> {
+            let write =
+                sqlx::query_as::<_, EndpointRow>(<B::Database as WebhookDialect>::INSERT_WEBHOOK_ENDPOINT)
+                    .bind(endpoint.id.as_str())
+                    .bind(endpoint.tenant.as_str())
+                    .bind(endpoint.url.as_str())
+                    .bind(endpoint.events.as_str())
+                    .bind(endpoint.secret.as_str());
+            // `fetch_all`: SQLite steps a write with `returning` to the end.
+            let mut rows = run!(self.writer(), |conn| write.fetch_all(conn))?;
+            let row = rows
+                .pop()
+                .ok_or_else(|| super::StoreError::Corrupt("insert returned no endpoint".into()))?;
+            WebhookEndpoint::try_from(row)
+        }
+
+        async fn list_webhook_endpoints(
+            &self,
+            tenant: Option<&TenantId>,
+        ) -> StoreResult<Vec<WebhookEndpoint>> {
+            let query = sqlx::query_as::<_, EndpointRow>(sql::LIST_WEBHOOK_ENDPOINTS)
+                .bind(tenant.map(TenantId::as_str));
+            let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
+            rows.into_iter().map(WebhookEndpoint::try_from).collect()
+        }
+
+        async fn delete_webhook_endpoint(
+            &self,
+            tenant: Option<&TenantId>,
+            id: &str,
+        ) -> StoreResult<bool> {
+            let write = sqlx::query(sql::DELETE_WEBHOOK_ENDPOINT)
+                .bind(id)
+                .bind(tenant.map(TenantId::as_str));
+            let result = run!(self.writer(), |conn| write.execute(conn))?;
+            Ok(B::rows_affected(&result) > 0)
+        }
+
+        async fn list_webhook_deliveries(
+            &self,
+            tenant: &TenantId,
+            endpoint_id: &str,
+            limit: u32,
+        ) -> StoreResult<Option<Vec<WebhookDelivery>>> {
+            let exists = sqlx::query_as::<_, (i64,)>(sql::WEBHOOK_ENDPOINT_EXISTS)
+                .bind(endpoint_id)
+                .bind(tenant.as_str());
+            let (count,) = run!(self.readers(), |conn| exists.fetch_one(conn))?;
+            if count == 0 {
+                return Ok(None);
+            }
+            let query = sqlx::query_as::<_, DeliveryRow>(sql::LIST_WEBHOOK_DELIVERIES)
+                .bind(endpoint_id)
+                .bind(i64::from(limit));
+            let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
+            Ok(Some(rows.into_iter().map(WebhookDelivery::from).collect()))
+        }
+
+        async fn claim_webhook_deliveries(
+            &self,
+            now: DateTime<Utc>,
+            lease_until: DateTime<Utc>,
+            lease_token: &str,
+            batch: u32,
+        ) -> StoreResult<Vec<ClaimedDelivery>> {
+            let claim = sqlx::query(<B::Database as WebhookDialect>::CLAIM_WEBHOOK_DELIVERIES)
+                .bind(Timestamp(now))
+                .bind(Timestamp(lease_until))
+                .bind(lease_token)
+                .bind(i64::from(batch));
+            let claimed = run!(self.writer(), |conn| claim.execute(conn))?;
+            if B::rows_affected(&claimed) == 0 {
+                return Ok(Vec::new());
+            }
+            // Read on the writer: a reader might not see the claim yet.
+            let query = sqlx::query_as::<_, ClaimedRow>(sql::CLAIMED_DELIVERIES).bind(lease_token);
+            let rows = run!(self.writer(), |conn| query.fetch_all(conn))?;
+            Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
+        }
+
+        async fn record_webhook_attempt(&self, attempt: &WebhookAttempt<'_>) -> StoreResult<()> {
+            let (status, code, error, next) = match &attempt.outcome {
+                AttemptOutcome::Delivered { status_code } => {
+                    ("delivered", Some(i64::from(*status_code)), None, None)
+                }
+                AttemptOutcome::Retry { status_code, error, next_attempt_at } => (
+                    "pending",
+                    status_code.map(i64::from),
+                    Some(error.clone()),
+                    Some(Timestamp(*next_attempt_at)),
+                ),
+                AttemptOutcome::Failed { status_code, error } => {
+                    ("failed", status_code.map(i64::from), Some(error.clone()), None)
+                }
+                AttemptOutcome::Gone => (
+                    "failed",
+                    Some(410),
+                    Some("the receiver answered 410: endpoint disabled".to_owned()),
+                    None,
+                ),
+            };
+            let delivery = attempt.delivery;
+            if attempt.outcome != AttemptOutcome::Gone {
+                // One statement: no transaction needed.
+                let write = sqlx::query(sql::RECORD_WEBHOOK_ATTEMPT)
+                    .bind(delivery.id)
+                    .bind(attempt.lease_token)
+                    .bind(status)
+                    .bind(code)
+                    .bind(error)
+                    .bind(next);
+                run!(self.writer(), |conn| write.execute(conn))?;
+                return Ok(());
+            }
+            // A 410: the attempt, the endpoint disabled and its pending
+            // deliveries failed, together.
+            transaction!(self.writer(), |tx| {
+                let recorded = sqlx::query(sql::RECORD_WEBHOOK_ATTEMPT)
+                    .bind(delivery.id)
+                    .bind(attempt.lease_token)
+                    .bind(status)
+                    .bind(code)
+                    .bind(error)
+                    .bind(next)
+                    .execute(&mut **tx)
+                    .await?;
+                if B::rows_affected(&recorded) == 1 {
+                    sqlx::query(sql::DISABLE_WEBHOOK_ENDPOINT)
+                        .bind(delivery.endpoint_id.as_str())
+                        .bind(Timestamp(attempt.at))
+                        .execute(&mut **tx)
+                        .await?;
+                    sqlx::query(sql::FAIL_PENDING_WEBHOOK_DELIVERIES)
+                        .bind(delivery.endpoint_id.as_str())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            })?;
+            Ok(())
+        }
+
+        async fn wait_for_deliveries(&self, timeout: std::time::Duration) -> bool {
+            Backend::wait_for_deliveries(self, timeout).await
+        }
+
+        async fn webhook_queue_depth(&self) -> StoreResult<u64> {
+            let query = sqlx::query_as::<_, (i64,)>(sql::WEBHOOK_QUEUE_DEPTH);
+            let (depth,) = run!(self.readers(), |conn| query.fetch_one(conn))?;
+            Ok(u64::try_from(depth).unwrap_or_default())
         }
     }
 

@@ -62,6 +62,7 @@ mod pool;
 mod postgres;
 mod sql;
 mod sqlite;
+mod webhooks;
 mod writes;
 
 use std::fmt;
@@ -84,6 +85,10 @@ pub use export::{
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use webhooks::{
+    AttemptOutcome, ClaimedDelivery, DeliveredChange, NewWebhookEndpoint, WebhookAttempt,
+    WebhookDelivery, WebhookEndpoint,
+};
 pub use writes::{
     Actor, Deletion, Erasure, Expected, IdempotentCreate, IdempotentRequest, KeptResponse, Revision,
 };
@@ -266,7 +271,9 @@ pub enum Revocation {
 /// The persistence interface, in domain words: the entries, the keys, and
 /// the database as a whole.
 #[async_trait]
-pub trait Store: FeedbackStore + KeyStore + ExportStore + Send + Sync + 'static {
+pub trait Store:
+    FeedbackStore + KeyStore + ExportStore + WebhookStore + Send + Sync + 'static
+{
     /// Answers when the database does.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -435,6 +442,65 @@ pub trait KeyStore: Send + Sync {
     /// once stored, when there was none. Concurrent first calls (replicas
     /// starting together) all get the one that was stored first.
     async fn token_signing_secret(&self, candidate: &str) -> StoreResult<String>;
+}
+
+/// Webhook endpoints and their deliveries (issue 14). Deliveries are
+/// enqueued by the writes themselves, in the change's transaction.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Stores a new endpoint; returns it as listed.
+    async fn insert_webhook_endpoint(
+        &self,
+        endpoint: &NewWebhookEndpoint,
+    ) -> StoreResult<WebhookEndpoint>;
+
+    /// The endpoints of one tenant, or all (the CLI), oldest first.
+    async fn list_webhook_endpoints(
+        &self,
+        tenant: Option<&TenantId>,
+    ) -> StoreResult<Vec<WebhookEndpoint>>;
+
+    /// Removes an endpoint of one tenant (any tenant: the CLI) with its
+    /// deliveries; `false`: there was none.
+    async fn delete_webhook_endpoint(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &str,
+    ) -> StoreResult<bool>;
+
+    /// The newest `limit` deliveries of an endpoint of `tenant`, newest
+    /// first; `None`: no such endpoint.
+    async fn list_webhook_deliveries(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<WebhookDelivery>>>;
+
+    /// Claims at most `batch` deliveries due at `now` (pending, not leased
+    /// or with a lease that ran out) until `lease_until`, under
+    /// `lease_token`; on PostgreSQL concurrent claims skip each other's rows.
+    async fn claim_webhook_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        lease_token: &str,
+        batch: u32,
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+
+    /// Records how an attempt ended and releases its claim (nothing, if the
+    /// claim ran out and was taken over); a `410` disables the endpoint.
+    async fn record_webhook_attempt(&self, attempt: &WebhookAttempt<'_>) -> StoreResult<()>;
+
+    /// Deliveries still pending.
+    async fn webhook_queue_depth(&self) -> StoreResult<u64>;
+
+    /// Completes when deliveries may have been enqueued (PostgreSQL: a
+    /// commit on any replica, through `LISTEN`; SQLite: a write of this
+    /// process), or after `timeout`; `false`: nothing is due (PostgreSQL
+    /// asks on its `LISTEN` session, so an idle worker holds no pooled
+    /// connection), no need to claim.
+    async fn wait_for_deliveries(&self, timeout: Duration) -> bool;
 }
 
 /// Which database, as the store needs it.

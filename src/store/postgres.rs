@@ -1,12 +1,15 @@
 //! The PostgreSQL store: production.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgTypeInfo, PgValueRef};
+use sqlx::postgres::{
+    PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgTypeInfo, PgValueRef,
+};
 use sqlx::{PgConnection, Postgres};
 
 use super::backend::Backend;
@@ -62,10 +65,25 @@ const SETTLED_HORIZON_SQL: &str = "select least(
          where locktype = 'advisory' and objsubid = 1 and (classid::bigint >> 16) = 19526
            and database = (select oid from pg_database where datname = current_database())))";
 
+/// The channel on which committed webhook enqueues are announced.
+const WEBHOOK_CHANNEL: &str = "llm_feedback_webhooks";
+/// Whether a webhook delivery is due (what a claim would find), asked on the
+/// `LISTEN` session.
+const WEBHOOK_DELIVERY_DUE_SQL: &str = "select exists (
+        select 1 from webhook_deliveries
+        where status = 'pending' and next_attempt_at <= now()
+          and (locked_until is null or locked_until < now()))";
+
 /// Entries stored through a PostgreSQL connection pool.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: Pool<PgConnection>,
+    /// The delivery worker's `LISTEN` session (its own connection, opened
+    /// on first wait, reopened after a loss).
+    webhook_listener: Arc<tokio::sync::Mutex<Option<PgListener>>>,
+    /// Where that session comes from: a pool of one, opened lazily (kept
+    /// here: a listener whose pool is dropped stops listening).
+    listen_pool: sqlx::PgPool,
 }
 
 impl PostgresStore {
@@ -79,6 +97,9 @@ impl PostgresStore {
                 source,
             })?
             .application_name("llm-feedback");
+        let listen_options = connect_options
+            .clone()
+            .application_name("llm-feedback-webhooks");
         let pool: Pool<PgConnection> = Pool::new(PoolConfig {
             connect: connect_options,
             max_connections: options.max_connections,
@@ -98,7 +119,15 @@ impl PostgresStore {
             .await
             .map_err(|source| ConnectError::Migrate { url, source })?;
         conn.release();
-        Ok(Self { pool })
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(listen_options);
+        Ok(Self {
+            pool,
+            webhook_listener: Arc::default(),
+            listen_pool,
+        })
     }
 }
 
@@ -152,6 +181,59 @@ impl Backend for PostgresStore {
         Ok(Some(horizon))
     }
 
+    /// `NOTIFY` in the enqueue statement does it, at commit.
+    fn deliveries_enqueued() {}
+
+    /// Waits for a notification on [`WEBHOOK_CHANNEL`], opening the
+    /// `LISTEN` session first if there is none; at the deadline, asks on
+    /// that session whether a delivery is due (a retry, a lease run out), so
+    /// that an idle worker never takes a pooled connection. Without the
+    /// session (it cannot be opened): `true` once `timeout` passed, and the
+    /// worker polls through the pool.
+    async fn wait_for_deliveries(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut listener = self.webhook_listener.lock().await;
+        if listener.is_none() {
+            let opened = tokio::time::timeout_at(deadline, async {
+                let mut opened = PgListener::connect_with(&self.listen_pool).await?;
+                opened.listen(WEBHOOK_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(opened)
+            })
+            .await;
+            match opened {
+                Ok(Ok(opened)) => *listener = Some(opened),
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "cannot listen for webhook deliveries");
+                }
+                Err(_) => return true,
+            }
+        }
+        let Some(session) = listener.as_mut() else {
+            tokio::time::sleep_until(deadline).await;
+            return true;
+        };
+        match tokio::time::timeout_at(deadline, session.try_recv()).await {
+            // A notification, or a lost session (it reconnects on the next
+            // call): claim.
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                *listener = None;
+                true
+            }
+            Err(_) => {
+                let due = sqlx::query_as::<_, (bool,)>(WEBHOOK_DELIVERY_DUE_SQL)
+                    .fetch_one(&mut *session)
+                    .await;
+                if let Ok((due,)) = due {
+                    due
+                } else {
+                    *listener = None;
+                    true
+                }
+            }
+        }
+    }
+
     /// Deleted tuples stay in the heap until VACUUM reuses their space
     /// (README, "Safe writes"); nothing to do here.
     async fn scrub(&self) -> StoreResult<()> {
@@ -163,6 +245,8 @@ impl Backend for PostgresStore {
     }
 
     async fn close(&self) {
+        *self.webhook_listener.lock().await = None;
+        self.listen_pool.close().await;
         self.pool.close().await;
     }
 }

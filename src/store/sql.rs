@@ -794,3 +794,146 @@ where
         query
     }
 }
+
+// Issue 14, webhooks: endpoints, and a delivery per (endpoint, change)
+// enqueued in the change's transaction.
+
+/// The columns of an endpoint, as `EndpointRow` reads them.
+macro_rules! endpoint_columns {
+    () => {
+        "id, tenant, url, events, created_at, disabled_at"
+    };
+}
+
+/// The endpoints of tenant `$1`, or all when `$1` is null, oldest first.
+pub(super) const LIST_WEBHOOK_ENDPOINTS: &str = concat!(
+    "select ",
+    endpoint_columns!(),
+    " from webhook_endpoints where cast($1 as text) is null or tenant = $1
+     order by created_at, id"
+);
+/// Removes endpoint `$1` of tenant `$2` (any tenant when `$2` is null), and
+/// with it its deliveries (`on delete cascade`).
+pub(super) const DELETE_WEBHOOK_ENDPOINT: &str =
+    "delete from webhook_endpoints where id = $1 and (cast($2 as text) is null or tenant = $2)";
+/// Whether endpoint `$1` of tenant `$2` exists.
+pub(super) const WEBHOOK_ENDPOINT_EXISTS: &str =
+    "select count(*) from webhook_endpoints where id = $1 and tenant = $2";
+/// The newest `$2` deliveries of endpoint `$1`, newest first.
+pub(super) const LIST_WEBHOOK_DELIVERIES: &str = "select event_id, event_type, status, attempts,
+         last_status_code, last_error, next_attempt_at
+     from webhook_deliveries where endpoint_id = $1 order by id desc limit $2";
+/// The deliveries of claim `$1`, with their endpoints and changes (`None`
+/// columns: the change is no longer kept).
+pub(super) const CLAIMED_DELIVERIES: &str = "select d.id, d.event_id, d.attempts, d.endpoint_id,
+         e.url, e.secret, c.type as change_type, c.kind, c.output_id, c.end_user,
+         cast(c.entry as text) as entry, c.occurred_at
+     from webhook_deliveries d
+     join webhook_endpoints e on e.id = d.endpoint_id
+     left join changes c on c.seq = d.change_seq
+     where d.lease_token = $1";
+/// Records attempt of delivery `$1` under claim `$2`: status `$3`, answer
+/// `$4`, error `$5`, next attempt `$6`; releases the claim. Nothing happens
+/// if the claim ran out and was taken over.
+pub(super) const RECORD_WEBHOOK_ATTEMPT: &str = "update webhook_deliveries set
+         status = $3, attempts = attempts + 1, last_status_code = $4, last_error = $5,
+         next_attempt_at = $6, locked_until = null, lease_token = null
+     where id = $1 and lease_token = $2";
+/// Disables endpoint `$1` at `$2` (its receiver answered `410`).
+pub(super) const DISABLE_WEBHOOK_ENDPOINT: &str =
+    "update webhook_endpoints set disabled_at = $2 where id = $1 and disabled_at is null";
+/// Fails every pending delivery of endpoint `$1` (disabled).
+pub(super) const FAIL_PENDING_WEBHOOK_DELIVERIES: &str = "update webhook_deliveries set
+         status = 'failed', last_error = 'endpoint disabled: the receiver answered 410',
+         next_attempt_at = null
+     where endpoint_id = $1 and status = 'pending'";
+/// Deliveries still to be made.
+pub(super) const WEBHOOK_QUEUE_DEPTH: &str =
+    "select count(*) from webhook_deliveries where status = 'pending'";
+
+/// The webhook statements whose text differs between the databases.
+pub(super) trait WebhookDialect: sqlx::Database {
+    /// Stores endpoint `$1` of tenant `$2`: url `$3`, events `$4`, secret
+    /// `$5`, created now; returns it.
+    const INSERT_WEBHOOK_ENDPOINT: &'static str;
+    /// In a change's transaction: a pending delivery of change `$2` (type
+    /// `$3`) to each active endpoint of tenant `$1` subscribed to `$3`, due
+    /// now, each with a new event id.
+    const ENQUEUE_WEBHOOK_DELIVERIES: &'static str;
+    /// Claims at most `$4` deliveries due at `$1` whose lease (if any) ran
+    /// out: leased until `$2` under token `$3`.
+    const CLAIM_WEBHOOK_DELIVERIES: &'static str;
+}
+
+/// Writes `impl WebhookDialect` for one database from its fragments:
+/// `clock` (as in `dialect!`), `event_id` (a new `msg_…` id), `enqueue`
+/// (what wraps the enqueue's insert: PostgreSQL tells the delivery workers
+/// of every replica when it commits), `skip_locked` (what makes concurrent
+/// claims pass each other's rows by).
+macro_rules! webhook_dialect {
+    ($database:ty {
+        clock: $clock:expr,
+        event_id: $event_id:expr,
+        enqueue: ($enqueue_before:expr, $enqueue_after:expr),
+        skip_locked: $skip_locked:expr $(,)?
+    }) => {
+        impl WebhookDialect for $database {
+            const INSERT_WEBHOOK_ENDPOINT: &'static str = concat!(
+                "insert into webhook_endpoints (id, tenant, url, events, secret, created_at)
+                 values ($1, $2, $3, $4, $5, ",
+                $clock,
+                ") returning ",
+                endpoint_columns!()
+            );
+            const ENQUEUE_WEBHOOK_DELIVERIES: &'static str = concat!(
+                $enqueue_before,
+                "insert into webhook_deliveries
+                     (endpoint_id, change_seq, event_id, event_type, status, attempts,
+                      next_attempt_at, created_at)
+                 select id, $2, ",
+                $event_id,
+                ", $3, 'pending', 0, ",
+                $clock,
+                ", ",
+                $clock,
+                " from webhook_endpoints
+                 where tenant = $1 and disabled_at is null
+                   and (',' || events || ',') like ('%,' || $3 || ',%')",
+                $enqueue_after
+            );
+            const CLAIM_WEBHOOK_DELIVERIES: &'static str = concat!(
+                "update webhook_deliveries set locked_until = $2, lease_token = $3
+                 where id in (
+                     select id from webhook_deliveries
+                     where status = 'pending' and next_attempt_at <= $1
+                       and (locked_until is null or locked_until < $1)
+                     order by next_attempt_at limit $4",
+                $skip_locked,
+                ")"
+            );
+        }
+    };
+}
+
+webhook_dialect!(sqlx::Postgres {
+    clock: "date_trunc('milliseconds', now())",
+    event_id: "'msg_' || replace(cast(gen_random_uuid() as text), '-', '')",
+    // `NOTIFY` is delivered when (and only if) the transaction commits, to
+    // every listening replica; only when something was enqueued.
+    enqueue: (
+        "with enqueued as (",
+        " returning 1)
+         select pg_notify('llm_feedback_webhooks', '') from (select 1 from enqueued limit 1) as any_enqueued"
+    ),
+    // Replicas claiming at once each lock different rows, none waits.
+    skip_locked: " for update skip locked",
+});
+
+webhook_dialect!(sqlx::Sqlite {
+    clock: sqlite_now_millis!(),
+    event_id: "'msg_' || lower(hex(randomblob(16)))",
+    // The process's own writes wake its worker (`Backend::deliveries_enqueued`).
+    enqueue: ("", ""),
+    // One process, one writer: a claim is always alone.
+    skip_locked: "",
+});

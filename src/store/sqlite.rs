@@ -14,6 +14,7 @@
 //! every write slower than the last) until shutdown.
 
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +25,7 @@ use sqlx::sqlite::{
     SqliteValueRef,
 };
 use sqlx::{Sqlite, SqliteConnection};
+use tokio::sync::watch;
 
 use super::backend::Backend;
 use super::pool::{Pool, PoolConfig};
@@ -39,7 +41,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     writer: Pool<SqliteConnection>,
     readers: Pool<SqliteConnection>,
+    /// Sees [`ENQUEUES`] move: the delivery worker's wake-up.
+    webhooks_enqueued: Arc<tokio::sync::Mutex<watch::Receiver<u64>>>,
 }
+
+/// Counts writes of this process that enqueued webhook deliveries. Moved
+/// inside the write's transaction: the worker's claim needs the one writer
+/// connection, so it runs after the commit. Process-wide (a process may hold
+/// several stores, as the test suite does): a store whose worker wakes for
+/// another's write just finds nothing due.
+static ENQUEUES: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and applies pending migrations.
@@ -102,7 +113,11 @@ impl SqliteStore {
         // Opens one reader now, so that a file that cannot be read fails the
         // start rather than the first request.
         readers.acquire().await.map_err(connect_error)?.release();
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            webhooks_enqueued: Arc::new(tokio::sync::Mutex::new(ENQUEUES.subscribe())),
+        })
     }
 }
 
@@ -162,6 +177,18 @@ impl Backend for SqliteStore {
     /// under the write lock, in commit order.
     async fn settled_horizon(&self) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(None)
+    }
+
+    fn deliveries_enqueued() {
+        ENQUEUES.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// After a timeout the worker claims anyway (retries fall due without
+    /// a write): the claim is one statement on the local writer.
+    async fn wait_for_deliveries(&self, timeout: Duration) -> bool {
+        let mut enqueues = self.webhooks_enqueued.lock().await;
+        let _ = tokio::time::timeout(timeout, enqueues.changed()).await;
+        true
     }
 
     /// The WAL still holds the pages as they were before the erasure:

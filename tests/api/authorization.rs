@@ -66,8 +66,9 @@ async fn every_api_operation_documents_403_and_no_operational_one_does(app: Test
     }
     // The eight feedback operations, `GET /stats`, `POST /tokens`, issue
     // 13's delete and revisions (each also for the entry named `batch`) and
-    // erasure, the two admin export operations and issue 14's `GET /changes`.
-    assert_eq!(api_operations, 18, "{}", document["paths"]);
+    // erasure, the two admin export operations, and issue 14's
+    // `GET /changes` and four webhook operations.
+    assert_eq!(api_operations, 22, "{}", document["paths"]);
 }
 
 async fn forbidden_is_a_listed_error_code(app: TestApp) {

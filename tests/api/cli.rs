@@ -46,6 +46,10 @@ const SERVICE_VARIABLES: &[&str] = &[
     "HEADER_READ_TIMEOUT_MS",
     "IDLE_TIMEOUT_SECS",
     "MAX_CONNECTIONS",
+    "WEBHOOK_ALLOW_PRIVATE_TARGETS",
+    "WEBHOOK_RETRY_SCHEDULE",
+    "WEBHOOK_TIMEOUT_MS",
+    "WEBHOOK_DELIVERY",
 ];
 
 /// The real binary, with none of the service's variables inherited.

@@ -192,6 +192,7 @@ pub(crate) fn test_serve_args() -> ServeArgs {
         idempotency_ttl_secs: 86_400,
         retention_days: None,
         export: test_export_args(),
+        webhooks: llm_feedback::config::WebhookArgs::default(),
         change_retention_days: 30,
     }
 }

@@ -81,5 +81,6 @@ mod store_keys;
 mod timestamps;
 mod tokens;
 mod update;
+mod webhooks;
 mod widget;
 mod workers;

@@ -487,13 +487,15 @@ async fn sigterm_stops_the_background_workers_after_the_drain_the_last_started_f
             "key-set-reloader",
             "admin-export",
             "idempotency-purge",
-            "change-purge"
+            "change-purge",
+            "webhook-delivery"
         ],
         "{seen}"
     );
     assert_eq!(
         workers("worker stopped"),
         [
+            "webhook-delivery",
             "change-purge",
             "idempotency-purge",
             "admin-export",
