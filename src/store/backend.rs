@@ -122,6 +122,7 @@ macro_rules! for_every_backend {
             for<'r> ApiKeyRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+            for<'r> (i64, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> CountsRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String, String, Option<String>):
@@ -131,28 +132,6 @@ macro_rules! for_every_backend {
             for<'r> ExportRowRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
         $methods
     )*};
-}
-
-/// Records the revision an entry write left (`$entry`: the entry's row as
-/// written, a `Feedback`), on `$tx`, in the write's transaction.
-macro_rules! record_revision {
-    ($tx:ident, $tenant:expr, $entry:expr, $actor:expr) => {{
-        let entry: &Feedback = $entry;
-        sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
-            .bind($tenant)
-            .bind(entry.kind.as_str())
-            .bind(entry.id.as_str())
-            .bind(entry.revision)
-            .bind(entry.end_user.as_ref().map(EndUserId::as_str))
-            .bind(entry.rating.map(Rating::as_str))
-            .bind(entry.description.as_ref().map(Description::as_str))
-            .bind(false)
-            .bind($actor.kind())
-            .bind($actor.key_id())
-            .bind(Some(Timestamp(entry.updated_at)))
-            .execute(&mut **$tx)
-            .await?;
-    }};
 }
 
 /// The create of `insert_feedback`, on `$tx`: the entry and its revision.
@@ -171,8 +150,8 @@ macro_rules! insert_in {
             .await?;
         match rows.pop() {
             Some(row) => {
-                // The entry, its counters and its revision in one transaction.
-                adjust_counters::<B>($tx, scope.tenant.as_str(), None, Some(&row)).await?;
+                // The entry, its counters, change and revision in one transaction.
+                let counter = CounterChange::of(None, Some(&row));
                 match Feedback::try_from(row) {
                     Ok(entry) => {
                         record_entry_change::<B>(
@@ -180,9 +159,10 @@ macro_rules! insert_in {
                             scope.tenant.as_str(),
                             ChangeType::Created,
                             &entry,
+                            counter,
+                            $actor,
                         )
                         .await?;
-                        record_revision!($tx, scope.tenant.as_str(), &entry, $actor);
                         Ok(Insertion::Inserted(entry))
                     }
                     Err(err) => Err(err),
@@ -235,28 +215,162 @@ fn counter_of<'a>(tenant: &'a str, entry: &'a FeedbackRow) -> CounterKey<'a> {
 /// A counter row's key: tenant, kind, model, day, shard.
 type CounterKey<'a> = (&'a str, &'a str, &'a str, i64, i64);
 
-/// The counters' side of a write of one entry of `tenant`, in the write's
-/// transaction: the entry as it was (`None`: it did not exist) and as it is
-/// now (`None`: it is gone). Create: `(None, Some)`; update: `(Some, Some)`;
-/// a removal goes through [`remove_from_counters`].
-pub(super) async fn adjust_counters<B>(
+/// A write's change to the one counter row its entry counts in (an
+/// entry's model, kind, `created_at` and seq never change): the entry as it
+/// was (`None`: it did not exist) and as it is now (`None`: it is gone).
+/// Create: `(None, Some)`; update: `(Some, Some)`; delete: `(Some, None)`.
+struct CounterChange {
+    kind: String,
+    model: String,
+    day: i64,
+    shard: i64,
+    delta: Counts,
+}
+
+impl CounterChange {
+    fn of(before: Option<&FeedbackRow>, after: Option<&FeedbackRow>) -> Option<Self> {
+        let entry = after.or(before)?;
+        let (_, kind, model, day, shard) = counter_of("", entry);
+        Some(Self {
+            kind: kind.to_owned(),
+            model: model.to_owned(),
+            day,
+            shard,
+            delta: counts_of(after).minus(&counts_of(before)),
+        })
+    }
+}
+
+/// The revision a write of one entry records.
+struct RevisionRecord<'a> {
+    revision: i64,
+    rating: Option<&'a str>,
+    description: Option<&'a str>,
+    deleted: bool,
+    /// `None`: now.
+    recorded_at: Option<Timestamp>,
+}
+
+impl<'a> RevisionRecord<'a> {
+    /// The revision of an entry as a create or an update wrote it.
+    fn of(entry: &'a Feedback) -> Self {
+        Self {
+            revision: entry.revision,
+            rating: entry.rating.map(Rating::as_str),
+            description: entry.description.as_ref().map(Description::as_str),
+            deleted: false,
+            recorded_at: Some(Timestamp(entry.updated_at)),
+        }
+    }
+
+    /// The revision that records the delete of `gone`.
+    fn deletion(gone: &FeedbackRow) -> Self {
+        Self {
+            revision: gone.revision + 1,
+            rating: None,
+            description: None,
+            deleted: true,
+            recorded_at: None,
+        }
+    }
+}
+
+/// Everything a create, update or delete of one entry of `tenant` records
+/// beside the entry, in its transaction: its change (and the webhook
+/// deliveries of it), its counter row's change, its revision.
+struct EntryWrite<'a> {
+    tenant: &'a str,
+    change: NewChange<'a>,
+    counter: Option<CounterChange>,
+    revision: RevisionRecord<'a>,
+    actor: &'a Actor,
+}
+
+/// Records `write` in the write's transaction `tx`: one statement where the
+/// database has `RECORD_ENTRY_WRITE`, else one per table.
+async fn record_entry_write<B>(
     tx: &mut sqlx::Transaction<'_, B::Database>,
-    tenant: &str,
-    before: Option<&FeedbackRow>,
-    after: Option<&FeedbackRow>,
+    write: &EntryWrite<'_>,
 ) -> sqlx::Result<()>
 where
     B: Backend,
     for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
     for<'q> <B::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, B::Database>,
     for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> bool: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> Option<Timestamp>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+    for<'r> (i64, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
-    let Some(entry) = after.or(before) else {
+    let EntryWrite {
+        tenant,
+        change,
+        counter,
+        revision,
+        actor,
+    } = write;
+    if let Some(statement) = <B::Database as ChangesDialect>::RECORD_ENTRY_WRITE {
+        let counted = counter.as_ref().filter(|counter| !counter.delta.is_zero());
+        let delta = counted.map(|counter| counter.delta).unwrap_or_default();
+        let rows: Vec<(i64, i64)> = sqlx::query_as(statement)
+            .bind(*tenant)
+            .bind(change.kind)
+            .bind(change.output_id)
+            .bind(change.end_user)
+            .bind(change.change_type.as_str())
+            .bind(change.entry)
+            .bind(counted.map_or("", |counter| counter.model.as_str()))
+            .bind(counted.map_or(0, |counter| counter.day))
+            .bind(counted.map_or(0, |counter| counter.shard))
+            .bind(delta.total)
+            .bind(delta.thumbs_up)
+            .bind(delta.thumbs_down)
+            .bind(delta.unrated)
+            .bind(delta.with_description)
+            .bind(counted.is_some())
+            .bind(revision.revision)
+            .bind(revision.rating)
+            .bind(revision.description)
+            .bind(revision.deleted)
+            .bind(actor.kind())
+            .bind(actor.key_id())
+            .bind(revision.recorded_at)
+            .fetch_all(&mut **tx)
+            .await?;
+        let (_seq, notified) = rows.first().copied().ok_or(sqlx::Error::RowNotFound)?;
+        if notified > 0 {
+            B::deliveries_enqueued();
+        }
         return Ok(());
-    };
-    let delta = counts_of(after).minus(&counts_of(before));
-    add_to_counter::<B>(tx, counter_of(tenant, entry), &delta).await
+    }
+    if let Some(counter) = counter {
+        let key = (
+            *tenant,
+            counter.kind.as_str(),
+            counter.model.as_str(),
+            counter.day,
+            counter.shard,
+        );
+        add_to_counter::<B>(tx, key, &counter.delta).await?;
+    }
+    record_change::<B>(tx, tenant, change).await?;
+    sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
+        .bind(*tenant)
+        .bind(change.kind)
+        .bind(change.output_id)
+        .bind(revision.revision)
+        .bind(change.end_user)
+        .bind(revision.rating)
+        .bind(revision.description)
+        .bind(revision.deleted)
+        .bind(actor.kind())
+        .bind(actor.key_id())
+        .bind(revision.recorded_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The counters' side of removing entries (delete, erasure, retention), in
@@ -364,13 +478,16 @@ where
     Ok(seq)
 }
 
-/// [`record_change`] of a create or an update: the entry as it now reads.
+/// [`record_entry_write`] of a create or an update: `entry` as it now
+/// reads, `counter` what the write changed of its counter row.
 async fn record_entry_change<B>(
     tx: &mut sqlx::Transaction<'_, B::Database>,
     tenant: &str,
     change_type: ChangeType,
     entry: &Feedback,
-) -> sqlx::Result<i64>
+    counter: Option<CounterChange>,
+    actor: &Actor,
+) -> sqlx::Result<()>
 where
     B: Backend,
     for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B::Database>,
@@ -378,17 +495,26 @@ where
     for<'q> &'q str: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> Option<&'q str>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> bool: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
+    for<'q> Option<Timestamp>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+    for<'r> (i64, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
     let json = entry_json(entry);
-    let change = NewChange {
-        change_type,
-        kind: entry.kind.as_str(),
-        output_id: entry.id.as_str(),
-        end_user: entry.end_user.as_ref().map(EndUserId::as_str),
-        entry: Some(&json),
+    let write = EntryWrite {
+        tenant,
+        change: NewChange {
+            change_type,
+            kind: entry.kind.as_str(),
+            output_id: entry.id.as_str(),
+            end_user: entry.end_user.as_ref().map(EndUserId::as_str),
+            entry: Some(&json),
+        },
+        counter,
+        revision: RevisionRecord::of(entry),
+        actor,
     };
-    record_change::<B>(tx, tenant, &change).await
+    record_entry_write::<B>(tx, &write).await
 }
 
 /// [`record_change`] of a removal (delete, erasure, retention): `gone` is
@@ -407,14 +533,18 @@ where
     for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
-    let change = NewChange {
+    record_change::<B>(tx, tenant, &deletion_change(gone)).await
+}
+
+/// The change that records the removal of `gone`: it carries no entry.
+fn deletion_change(gone: &FeedbackRow) -> NewChange<'_> {
+    NewChange {
         change_type: ChangeType::Deleted,
         kind: gone.kind.as_str(),
         output_id: gone.output_id.as_str(),
         end_user: gone.end_user.as_deref(),
         entry: None,
-    };
-    record_change::<B>(tx, tenant, &change).await
+    }
 }
 
 for_every_backend! {
@@ -548,8 +678,7 @@ for_every_backend! {
                         match rows.pop() {
                             None => Ok(Update::PreconditionFailed),
                             Some(after) => {
-                                adjust_counters::<B>(tx, scope.tenant.as_str(), Some(&before), Some(&after))
-                                    .await?;
+                                let counter = CounterChange::of(Some(&before), Some(&after));
                                 match Feedback::try_from(after) {
                                     Ok(entry) => {
                                         record_entry_change::<B>(
@@ -557,9 +686,10 @@ for_every_backend! {
                                             scope.tenant.as_str(),
                                             ChangeType::Updated,
                                             &entry,
+                                            counter,
+                                            actor,
                                         )
                                         .await?;
-                                        record_revision!(tx, scope.tenant.as_str(), &entry, actor);
                                         Ok(Update::Updated(entry))
                                     }
                                     Err(err) => Err(err),
@@ -591,22 +721,14 @@ for_every_backend! {
                 .fetch_all(&mut **tx)
                 .await?;
                 if let Some(gone) = rows.pop() {
-                    remove_from_counters::<B>(tx, [(scope.tenant.as_str(), &gone)]).await?;
-                    record_deletion::<B>(tx, scope.tenant.as_str(), &gone).await?;
-                    sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
-                        .bind(scope.tenant.as_str())
-                        .bind(key.kind.as_str())
-                        .bind(key.id.as_str())
-                        .bind(gone.revision + 1)
-                        .bind(gone.end_user.as_deref())
-                        .bind(None::<&str>)
-                        .bind(None::<&str>)
-                        .bind(true)
-                        .bind(actor.kind())
-                        .bind(actor.key_id())
-                        .bind(None::<Timestamp>)
-                        .execute(&mut **tx)
-                        .await?;
+                    let write = EntryWrite {
+                        tenant: scope.tenant.as_str(),
+                        change: deletion_change(&gone),
+                        counter: CounterChange::of(Some(&gone), None),
+                        revision: RevisionRecord::deletion(&gone),
+                        actor,
+                    };
+                    record_entry_write::<B>(tx, &write).await?;
                     Deletion::Deleted
                 } else if conditional {
                     let (exists,): (i64,) = scoped_query(sql::ENTRY_EXISTS, scope, key)

@@ -61,17 +61,27 @@ pub(super) const INSERT_TOKEN_SIGNING_SECRET: &str =
 /// The token signing secret.
 pub(super) const TOKEN_SIGNING_SECRET: &str = "select secret from token_signing_key where id = 1";
 pub(super) const PING: &str = "select 1";
+/// The end of an insert into `feedback_counters`: a row that exists gets
+/// the new row's counts added to its own.
+macro_rules! add_to_existing_counters {
+    () => {
+        " on conflict (tenant, kind, day, model, shard) do update set
+             total = feedback_counters.total + excluded.total,
+             thumbs_up = feedback_counters.thumbs_up + excluded.thumbs_up,
+             thumbs_down = feedback_counters.thumbs_down + excluded.thumbs_down,
+             unrated = feedback_counters.unrated + excluded.unrated,
+             with_description = feedback_counters.with_description + excluded.with_description"
+    };
+}
+
 /// Adds the counts `$5..$9` to the counters of tenant `$1`, kind `$2`,
 /// model `$3`, day `$4`, shard `$10` (see `adjust_counters` in backend.rs).
-pub(super) const ADJUST_COUNTERS: &str = "insert into feedback_counters
+pub(super) const ADJUST_COUNTERS: &str = concat!(
+    "insert into feedback_counters
          (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description, shard)
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-     on conflict (tenant, kind, day, model, shard) do update set
-         total = feedback_counters.total + excluded.total,
-         thumbs_up = feedback_counters.thumbs_up + excluded.thumbs_up,
-         thumbs_down = feedback_counters.thumbs_down + excluded.thumbs_down,
-         unrated = feedback_counters.unrated + excluded.unrated,
-         with_description = feedback_counters.with_description + excluded.with_description";
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    add_to_existing_counters!()
+);
 /// The counters of whole days, their shards summed; `Statement::stats_counters`
 /// adds the conditions and the grouping.
 const STATS_COUNTERS: &str = "select model, day, cast(sum(total) as bigint) as total,
@@ -446,7 +456,15 @@ macro_rules! dialect {
 /// and then takes it (`position.created_at`): a create's, a change's.
 macro_rules! pg_announced_position {
     () => {
-        "with announced as materialized (
+        concat!("with ", pg_position_ctes!(), " ")
+    };
+}
+
+/// The common table expressions of [`pg_announced_position!`], to list
+/// among others in a `with` clause.
+macro_rules! pg_position_ctes {
+    () => {
+        "announced as materialized (
              select date_trunc('milliseconds', clock_timestamp()) as lower_bound
          ), held as materialized (
              select lower_bound,
@@ -456,7 +474,7 @@ macro_rules! pg_announced_position {
          ), position as (
              select greatest(date_trunc('milliseconds', clock_timestamp()), lower_bound) as created_at
              from held
-         ) "
+         )"
     };
 }
 
@@ -681,6 +699,13 @@ history_dialect!(sqlx::Sqlite {
     try_lock_retention: "select 1",
 });
 
+/// A new webhook event id on PostgreSQL: `msg_` and 32 hex digits.
+macro_rules! pg_event_id {
+    () => {
+        "'msg_' || replace(cast(gen_random_uuid() as text), '-', '')"
+    };
+}
+
 // Issue 14: the outbox and the changes feed.
 
 /// The columns of a change, as `ChangeRow` reads them.
@@ -704,6 +729,17 @@ pub(super) trait ChangesDialect: sqlx::Database {
     const INSERT_CHANGE: &'static str;
     /// `1` if this transaction is the one replica's change purge, else `0`.
     const TRY_LOCK_CHANGE_PURGE: &'static str;
+    /// Everything a create, update or delete of one entry records beside
+    /// the entry, in one statement, where the database can run several
+    /// writes as one (`None`: `ADJUST_COUNTERS`, `INSERT_CHANGE`,
+    /// `ENQUEUE_WEBHOOK_DELIVERIES` and `INSERT_REVISION` one by one). Entry
+    /// `($2, $3)` of tenant `$1`, end user `$4`: its change of type `$5`
+    /// with entry `$6`, and the webhook deliveries of that change; counts
+    /// `$10..$14` added to its counter row (model `$7`, day `$8`, shard
+    /// `$9`) if `$15`; its revision `$16`: rating `$17`, description `$18`,
+    /// deleted `$19`, actor `$20` (key `$21`), at `$22` or now when null.
+    /// Returns the change's `seq`.
+    const RECORD_ENTRY_WRITE: Option<&'static str>;
 }
 
 /// Writes `impl ChangesDialect` for one database from its fragments:
@@ -712,7 +748,8 @@ pub(super) trait ChangesDialect: sqlx::Database {
 macro_rules! changes_dialect {
     ($database:ty {
         position: ($position_with:expr, $position_from:expr),
-        try_lock_purge: $try_lock_purge:expr $(,)?
+        try_lock_purge: $try_lock_purge:expr,
+        record_entry_write: $record_entry_write:expr $(,)?
     }) => {
         impl ChangesDialect for $database {
             const INSERT_CHANGE: &'static str = concat!(
@@ -723,6 +760,7 @@ macro_rules! changes_dialect {
                 " returning seq"
             );
             const TRY_LOCK_CHANGE_PURGE: &'static str = $try_lock_purge;
+            const RECORD_ENTRY_WRITE: Option<&'static str> = $record_entry_write;
         }
     };
 }
@@ -733,6 +771,46 @@ changes_dialect!(sqlx::Postgres {
     position: (pg_announced_position!(), "position"),
     // Two-key (objsubid 2): not one of the announced positions.
     try_lock_purge: "select cast(pg_try_advisory_xact_lock(19528, 1) as integer)::bigint",
+    // One round trip instead of four: data-modifying CTEs all run, to the
+    // end, whether the final `select` reads them or not. The change takes
+    // its position as `INSERT_CHANGE` does; `NOTIFY` as in
+    // `ENQUEUE_WEBHOOK_DELIVERIES`.
+    record_entry_write: Some(concat!(
+        "with counted as (
+             insert into feedback_counters
+                 (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description,
+                  shard)
+             select $1, $2, $7, $8, $10, $11, $12, $13, $14, $9 where $15",
+        add_to_existing_counters!(),
+        "), revised as (
+             insert into feedback_revisions (tenant, kind, output_id, revision, end_user, rating,
+                 description, deleted, actor_type, actor_key_id, recorded_at)
+             values ($1, $2, $3, $16, $4, $17, $18, $19, $20, $21,
+                 coalesce($22, date_trunc('milliseconds', now())))
+         ), ",
+        pg_position_ctes!(),
+        ", changed as (
+             insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
+             select $1, $2, $3, $4, $5, $6, position.created_at from position
+             returning seq
+         ), enqueued as (
+             insert into webhook_deliveries
+                 (endpoint_id, change_seq, event_id, event_type, status, attempts, next_attempt_at,
+                  created_at)
+             select e.id, changed.seq, ",
+        pg_event_id!(),
+        ", $5, 'pending', 0, date_trunc('milliseconds', now()), date_trunc('milliseconds', now())
+             from webhook_endpoints e cross join changed
+             where e.tenant = $1 and e.disabled_at is null
+               and (',' || e.events || ',') like ('%,' || $5 || ',%')
+             returning 1
+         )
+         select changed.seq,
+             (select count(*) from (
+                 select pg_notify('llm_feedback_webhooks', '')
+                 from (select 1 from enqueued limit 1) as any_enqueued) as notified)
+         from changed"
+    )),
 });
 
 changes_dialect!(sqlx::Sqlite {
@@ -748,6 +826,9 @@ changes_dialect!(sqlx::Sqlite {
         )
     ),
     try_lock_purge: "select 1",
+    // No data-modifying CTEs in SQLite; its statements are calls within
+    // the process, not round trips.
+    record_entry_write: None,
 });
 
 /// The statements of the changes feed built at run time.
@@ -917,7 +998,7 @@ macro_rules! webhook_dialect {
 
 webhook_dialect!(sqlx::Postgres {
     clock: "date_trunc('milliseconds', now())",
-    event_id: "'msg_' || replace(cast(gen_random_uuid() as text), '-', '')",
+    event_id: pg_event_id!(),
     // `NOTIFY` is delivered when (and only if) the transaction commits, to
     // every listening replica; only when something was enqueued.
     enqueue: (
