@@ -219,8 +219,8 @@ type CounterKey<'a> = (&'a str, &'a str, &'a str, i64, i64);
 /// entry's model, kind, `created_at` and seq never change): the entry as it
 /// was (`None`: it did not exist) and as it is now (`None`: it is gone).
 /// Create: `(None, Some)`; update: `(Some, Some)`; delete: `(Some, None)`.
+/// (Its kind is the change's.)
 struct CounterChange {
-    kind: String,
     model: String,
     day: i64,
     shard: i64,
@@ -230,9 +230,8 @@ struct CounterChange {
 impl CounterChange {
     fn of(before: Option<&FeedbackRow>, after: Option<&FeedbackRow>) -> Option<Self> {
         let entry = after.or(before)?;
-        let (_, kind, model, day, shard) = counter_of("", entry);
+        let (_, _, model, day, shard) = counter_of("", entry);
         Some(Self {
-            kind: kind.to_owned(),
             model: model.to_owned(),
             day,
             shard,
@@ -286,8 +285,8 @@ struct EntryWrite<'a> {
     actor: &'a Actor,
 }
 
-/// Records `write` in the write's transaction `tx`: one statement where the
-/// database has `RECORD_ENTRY_WRITE`, else one per table.
+/// Records `write` in the write's transaction `tx`, in one call
+/// (`RECORD_ENTRY_WRITE`).
 async fn record_entry_write<B>(
     tx: &mut sqlx::Transaction<'_, B::Database>,
     write: &EntryWrite<'_>,
@@ -301,7 +300,6 @@ where
     for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> bool: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> Option<Timestamp>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
-    for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
     for<'r> (i64, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
     let EntryWrite {
@@ -311,65 +309,38 @@ where
         revision,
         actor,
     } = write;
-    if let Some(statement) = <B::Database as ChangesDialect>::RECORD_ENTRY_WRITE {
-        let counted = counter.as_ref().filter(|counter| !counter.delta.is_zero());
-        let delta = counted.map(|counter| counter.delta).unwrap_or_default();
-        let rows: Vec<(i64, i64)> = sqlx::query_as(statement)
-            .bind(*tenant)
-            .bind(change.kind)
-            .bind(change.output_id)
-            .bind(change.end_user)
-            .bind(change.change_type.as_str())
-            .bind(change.entry)
-            .bind(counted.map_or("", |counter| counter.model.as_str()))
-            .bind(counted.map_or(0, |counter| counter.day))
-            .bind(counted.map_or(0, |counter| counter.shard))
-            .bind(delta.total)
-            .bind(delta.thumbs_up)
-            .bind(delta.thumbs_down)
-            .bind(delta.unrated)
-            .bind(delta.with_description)
-            .bind(counted.is_some())
-            .bind(revision.revision)
-            .bind(revision.rating)
-            .bind(revision.description)
-            .bind(revision.deleted)
-            .bind(actor.kind())
-            .bind(actor.key_id())
-            .bind(revision.recorded_at)
-            .fetch_all(&mut **tx)
-            .await?;
-        let (_seq, notified) = rows.first().copied().ok_or(sqlx::Error::RowNotFound)?;
-        if notified > 0 {
-            B::deliveries_enqueued();
-        }
-        return Ok(());
-    }
-    if let Some(counter) = counter {
-        let key = (
-            *tenant,
-            counter.kind.as_str(),
-            counter.model.as_str(),
-            counter.day,
-            counter.shard,
-        );
-        add_to_counter::<B>(tx, key, &counter.delta).await?;
-    }
-    record_change::<B>(tx, tenant, change).await?;
-    sqlx::query(<B::Database as HistoryDialect>::INSERT_REVISION)
+    let counted = counter.as_ref().filter(|counter| !counter.delta.is_zero());
+    let delta = counted.map(|counter| counter.delta).unwrap_or_default();
+    // `fetch_all`: SQLite steps a write to its end only so (see sqlite.rs).
+    let rows: Vec<(i64, i64)> = sqlx::query_as(<B::Database as ChangesDialect>::RECORD_ENTRY_WRITE)
         .bind(*tenant)
         .bind(change.kind)
         .bind(change.output_id)
-        .bind(revision.revision)
         .bind(change.end_user)
+        .bind(change.change_type.as_str())
+        .bind(change.entry)
+        .bind(counted.map_or("", |counter| counter.model.as_str()))
+        .bind(counted.map_or(0, |counter| counter.day))
+        .bind(counted.map_or(0, |counter| counter.shard))
+        .bind(delta.total)
+        .bind(delta.thumbs_up)
+        .bind(delta.thumbs_down)
+        .bind(delta.unrated)
+        .bind(delta.with_description)
+        .bind(counted.is_some())
+        .bind(revision.revision)
         .bind(revision.rating)
         .bind(revision.description)
         .bind(revision.deleted)
         .bind(actor.kind())
         .bind(actor.key_id())
         .bind(revision.recorded_at)
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+    let (_seq, enqueued) = rows.last().copied().ok_or(sqlx::Error::RowNotFound)?;
+    if enqueued > 0 {
+        B::deliveries_enqueued();
+    }
     Ok(())
 }
 

@@ -531,17 +531,57 @@ macro_rules! revision_columns {
     };
 }
 
-/// Records revision `$4` of entry `($2, $3)` of tenant `$1`: end user `$5`,
-/// rating `$6`, description `$7`, deleted `$8`, actor `$9` (key `$10`), at
-/// `$11`, or now when `$11` is null (`HistoryDialect::INSERT_REVISION`).
-macro_rules! insert_revision {
+/// `RECORD_ENTRY_WRITE`'s revision: `$16` of entry `($2, $3)` of tenant
+/// `$1`, end user `$4`, rating `$17`, description `$18`, deleted `$19`,
+/// actor `$20` (key `$21`), at `$22` or now (`$clock`) when null.
+macro_rules! insert_entry_revision {
     ($clock:expr) => {
         concat!(
             "insert into feedback_revisions (tenant, kind, output_id, revision, end_user, rating,
                  description, deleted, actor_type, actor_key_id, recorded_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, coalesce($11, ",
+             values ($1, $2, $3, $16, $4, $17, $18, $19, $20, $21, coalesce($22, ",
             $clock,
             "))"
+        )
+    };
+}
+
+/// `RECORD_ENTRY_WRITE`'s counter row: counts `$10..$14` added to the row
+/// of tenant `$1`, kind `$2`, model `$7`, day `$8`, shard `$9`, if `$15`.
+macro_rules! add_entry_counts {
+    () => {
+        concat!(
+            "insert into feedback_counters
+                 (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description,
+                  shard)
+             select $1, $2, $7, $8, $10, $11, $12, $13, $14, $9 where $15",
+            add_to_existing_counters!()
+        )
+    };
+}
+
+/// `RECORD_ENTRY_WRITE`'s webhook deliveries: of change `$seq` (type `$5`)
+/// to each active endpoint `e` of tenant `$1` subscribed to `$5`, due now,
+/// each with a new event id; `$from` names `webhook_endpoints e` and
+/// whatever else the statement needs.
+macro_rules! enqueue_entry_deliveries {
+    ($clock:expr, $event_id:expr, $seq:expr, $from:expr) => {
+        concat!(
+            "insert into webhook_deliveries
+                 (endpoint_id, change_seq, event_id, event_type, status, attempts, next_attempt_at,
+                  created_at)
+             select e.id, ",
+            $seq,
+            ", ",
+            $event_id,
+            ", $5, 'pending', 0, ",
+            $clock,
+            ", ",
+            $clock,
+            " from ",
+            $from,
+            " where e.tenant = $1 and e.disabled_at is null
+                 and (',' || e.events || ',') like ('%,' || $5 || ',%')"
         )
     };
 }
@@ -608,8 +648,6 @@ pub(super) const EXPIRE_ORPHAN_REVISIONS: &str =
 
 /// The statements of safe writes whose text differs between the databases.
 pub(super) trait HistoryDialect: sqlx::Database {
-    /// See `insert_revision!`.
-    const INSERT_REVISION: &'static str;
     /// Sets rating `$6` if `$5`, description `$8` if `$7`, of the entry in
     /// scope (see `in_scope!`), and counts its revision up, only if the
     /// revision is among the JSON array `$9` (any when null); returns it.
@@ -640,7 +678,6 @@ macro_rules! history_dialect {
         try_lock_retention: $try_lock_retention:expr $(,)?
     }) => {
         impl HistoryDialect for $database {
-            const INSERT_REVISION: &'static str = insert_revision!($clock);
             const UPDATE_FEEDBACK_IF: &'static str = concat!(
                 "update feedback set
                      rating = case when $5 then $6 else rating end,
@@ -730,16 +767,13 @@ pub(super) trait ChangesDialect: sqlx::Database {
     /// `1` if this transaction is the one replica's change purge, else `0`.
     const TRY_LOCK_CHANGE_PURGE: &'static str;
     /// Everything a create, update or delete of one entry records beside
-    /// the entry, in one statement, where the database can run several
-    /// writes as one (`None`: `ADJUST_COUNTERS`, `INSERT_CHANGE`,
-    /// `ENQUEUE_WEBHOOK_DELIVERIES` and `INSERT_REVISION` one by one). Entry
-    /// `($2, $3)` of tenant `$1`, end user `$4`: its change of type `$5`
-    /// with entry `$6`, and the webhook deliveries of that change; counts
-    /// `$10..$14` added to its counter row (model `$7`, day `$8`, shard
-    /// `$9`) if `$15`; its revision `$16`: rating `$17`, description `$18`,
-    /// deleted `$19`, actor `$20` (key `$21`), at `$22` or now when null.
-    /// Returns the change's `seq`.
-    const RECORD_ENTRY_WRITE: Option<&'static str>;
+    /// the entry, in one call: entry `($2, $3)` of tenant `$1`, end user
+    /// `$4`: its change of type `$5` with entry `$6` and the webhook
+    /// deliveries of that change (`enqueue_entry_deliveries!`), its counter
+    /// row's counts (`add_entry_counts!`), its revision
+    /// (`insert_entry_revision!`). One row: the change's `seq`, and whether
+    /// any delivery was enqueued (`0` or more).
+    const RECORD_ENTRY_WRITE: &'static str;
 }
 
 /// Writes `impl ChangesDialect` for one database from its fragments:
@@ -760,7 +794,7 @@ macro_rules! changes_dialect {
                 " returning seq"
             );
             const TRY_LOCK_CHANGE_PURGE: &'static str = $try_lock_purge;
-            const RECORD_ENTRY_WRITE: Option<&'static str> = $record_entry_write;
+            const RECORD_ENTRY_WRITE: &'static str = $record_entry_write;
         }
     };
 }
@@ -775,60 +809,78 @@ changes_dialect!(sqlx::Postgres {
     // end, whether the final `select` reads them or not. The change takes
     // its position as `INSERT_CHANGE` does; `NOTIFY` as in
     // `ENQUEUE_WEBHOOK_DELIVERIES`.
-    record_entry_write: Some(concat!(
-        "with counted as (
-             insert into feedback_counters
-                 (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description,
-                  shard)
-             select $1, $2, $7, $8, $10, $11, $12, $13, $14, $9 where $15",
-        add_to_existing_counters!(),
-        "), revised as (
-             insert into feedback_revisions (tenant, kind, output_id, revision, end_user, rating,
-                 description, deleted, actor_type, actor_key_id, recorded_at)
-             values ($1, $2, $3, $16, $4, $17, $18, $19, $20, $21,
-                 coalesce($22, date_trunc('milliseconds', now())))
-         ), ",
+    record_entry_write: concat!(
+        "with counted as (",
+        add_entry_counts!(),
+        "), revised as (",
+        insert_entry_revision!("date_trunc('milliseconds', now())"),
+        "), ",
         pg_position_ctes!(),
         ", changed as (
              insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
              select $1, $2, $3, $4, $5, $6, position.created_at from position
              returning seq
-         ), enqueued as (
-             insert into webhook_deliveries
-                 (endpoint_id, change_seq, event_id, event_type, status, attempts, next_attempt_at,
-                  created_at)
-             select e.id, changed.seq, ",
-        pg_event_id!(),
-        ", $5, 'pending', 0, date_trunc('milliseconds', now()), date_trunc('milliseconds', now())
-             from webhook_endpoints e cross join changed
-             where e.tenant = $1 and e.disabled_at is null
-               and (',' || e.events || ',') like ('%,' || $5 || ',%')
-             returning 1
+         ), enqueued as (",
+        enqueue_entry_deliveries!(
+            "date_trunc('milliseconds', now())",
+            pg_event_id!(),
+            "changed.seq",
+            "webhook_endpoints e cross join changed"
+        ),
+        " returning 1
          )
          select changed.seq,
              (select count(*) from (
                  select pg_notify('llm_feedback_webhooks', '')
                  from (select 1 from enqueued limit 1) as any_enqueued) as notified)
          from changed"
-    )),
+    ),
 });
 
-changes_dialect!(sqlx::Sqlite {
-    // Under the one writer's lock: never before the last change, so that
-    // (occurred_at, seq) order is commit order even if the clock steps back.
-    position: (
-        "",
+/// SQLite's position of a new change, under the one writer's lock: never
+/// before the last change, so that (occurred_at, seq) order is commit order
+/// even if the clock steps back.
+macro_rules! sqlite_change_position {
+    () => {
         concat!(
             "(select max(",
             sqlite_now_millis!(),
             ", coalesce((select occurred_at from changes order by seq desc limit 1), 0)
            ) as created_at) as position"
         )
-    ),
+    };
+}
+
+/// A new webhook event id on SQLite: `msg_` and 32 hex digits.
+macro_rules! sqlite_event_id {
+    () => {
+        "'msg_' || lower(hex(randomblob(16)))"
+    };
+}
+
+changes_dialect!(sqlx::Sqlite {
+    position: ("", sqlite_change_position!()),
     try_lock_purge: "select 1",
-    // No data-modifying CTEs in SQLite; its statements are calls within
-    // the process, not round trips.
-    record_entry_write: None,
+    // No data-modifying CTEs in SQLite: the four statements and a `select`
+    // in one call (sqlx runs them in turn, binding each `$N` by number), so
+    // that the writer connection's thread is handed the write once. The
+    // one writer makes the newest change this one.
+    record_entry_write: concat!(
+        add_entry_counts!(),
+        "; ",
+        insert_entry_revision!(sqlite_now_millis!()),
+        "; insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
+         select $1, $2, $3, $4, $5, $6, position.created_at from ",
+        sqlite_change_position!(),
+        "; ",
+        enqueue_entry_deliveries!(
+            sqlite_now_millis!(),
+            sqlite_event_id!(),
+            "(select max(seq) from changes)",
+            "webhook_endpoints e"
+        ),
+        "; select (select max(seq) from changes), changes()"
+    ),
 });
 
 /// The statements of the changes feed built at run time.
@@ -1012,7 +1064,7 @@ webhook_dialect!(sqlx::Postgres {
 
 webhook_dialect!(sqlx::Sqlite {
     clock: sqlite_now_millis!(),
-    event_id: "'msg_' || lower(hex(randomblob(16)))",
+    event_id: sqlite_event_id!(),
     // The process's own writes wake its worker (`Backend::deliveries_enqueued`).
     enqueue: ("", ""),
     // One process, one writer: a claim is always alone.
