@@ -122,7 +122,6 @@ macro_rules! for_every_backend {
             for<'r> ApiKeyRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (Timestamp, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
-            for<'r> (i64, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> CountsRow: sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
             for<'r> (String, String, Option<String>):
@@ -300,7 +299,7 @@ where
     for<'q> i64: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> bool: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> Option<Timestamp>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
-    for<'r> (i64, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
+    for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
     let EntryWrite {
         tenant,
@@ -312,7 +311,7 @@ where
     let counted = counter.as_ref().filter(|counter| !counter.delta.is_zero());
     let delta = counted.map(|counter| counter.delta).unwrap_or_default();
     // `fetch_all`: SQLite steps a write to its end only so (see sqlite.rs).
-    let rows: Vec<(i64, i64)> = sqlx::query_as(<B::Database as ChangesDialect>::RECORD_ENTRY_WRITE)
+    let rows: Vec<(i64,)> = sqlx::query_as(<B::Database as ChangesDialect>::RECORD_ENTRY_WRITE)
         .bind(*tenant)
         .bind(change.kind)
         .bind(change.output_id)
@@ -337,7 +336,7 @@ where
         .bind(revision.recorded_at)
         .fetch_all(&mut **tx)
         .await?;
-    let (_seq, enqueued) = rows.last().copied().ok_or(sqlx::Error::RowNotFound)?;
+    let (enqueued,) = rows.last().copied().ok_or(sqlx::Error::RowNotFound)?;
     if enqueued > 0 {
         B::deliveries_enqueued();
     }
@@ -469,7 +468,6 @@ where
     for<'q> bool: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'q> Option<Timestamp>: sqlx::Encode<'q, B::Database> + sqlx::Type<B::Database>,
     for<'r> (i64,): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
-    for<'r> (i64, i64): sqlx::FromRow<'r, <B::Database as sqlx::Database>::Row>,
 {
     let json = entry_json(entry);
     let write = EntryWrite {

@@ -75,7 +75,7 @@ macro_rules! add_to_existing_counters {
 }
 
 /// Adds the counts `$5..$9` to the counters of tenant `$1`, kind `$2`,
-/// model `$3`, day `$4`, shard `$10` (see `adjust_counters` in backend.rs).
+/// model `$3`, day `$4`, shard `$10` (see `remove_from_counters` in backend.rs).
 pub(super) const ADJUST_COUNTERS: &str = concat!(
     "insert into feedback_counters
          (tenant, kind, model, day, total, thumbs_up, thumbs_down, unrated, with_description, shard)
@@ -560,12 +560,13 @@ macro_rules! add_entry_counts {
     };
 }
 
-/// `RECORD_ENTRY_WRITE`'s webhook deliveries: of change `$seq` (type `$5`)
-/// to each active endpoint `e` of tenant `$1` subscribed to `$5`, due now,
+/// Webhook deliveries of change `$seq` of type `$type` to each active
+/// endpoint `e` of tenant `$1` subscribed to that type, due now (`$clock`),
 /// each with a new event id; `$from` names `webhook_endpoints e` and
-/// whatever else the statement needs.
-macro_rules! enqueue_entry_deliveries {
-    ($clock:expr, $event_id:expr, $seq:expr, $from:expr) => {
+/// whatever else the statement needs (`ENQUEUE_WEBHOOK_DELIVERIES`,
+/// `RECORD_ENTRY_WRITE`).
+macro_rules! enqueue_deliveries {
+    ($clock:expr, $event_id:expr, $seq:expr, $type:expr, $from:expr) => {
         concat!(
             "insert into webhook_deliveries
                  (endpoint_id, change_seq, event_id, event_type, status, attempts, next_attempt_at,
@@ -574,14 +575,31 @@ macro_rules! enqueue_entry_deliveries {
             $seq,
             ", ",
             $event_id,
-            ", $5, 'pending', 0, ",
+            ", ",
+            $type,
+            ", 'pending', 0, ",
             $clock,
             ", ",
             $clock,
             " from ",
             $from,
             " where e.tenant = $1 and e.disabled_at is null
-                 and (',' || e.events || ',') like ('%,' || $5 || ',%')"
+                 and (',' || e.events || ',') like ('%,' || ",
+            $type,
+            " || ',%')"
+        )
+    };
+}
+
+/// A change of entry `($2, $3)` of tenant `$1`, end user `$4`, type `$5`,
+/// entry `$6`, at `position.created_at` from `$position_from`
+/// (`INSERT_CHANGE`, `RECORD_ENTRY_WRITE`).
+macro_rules! insert_change {
+    ($position_from:expr) => {
+        concat!(
+            "insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
+             select $1, $2, $3, $4, $5, $6, position.created_at from ",
+            $position_from
         )
     };
 }
@@ -769,10 +787,10 @@ pub(super) trait ChangesDialect: sqlx::Database {
     /// Everything a create, update or delete of one entry records beside
     /// the entry, in one call: entry `($2, $3)` of tenant `$1`, end user
     /// `$4`: its change of type `$5` with entry `$6` and the webhook
-    /// deliveries of that change (`enqueue_entry_deliveries!`), its counter
+    /// deliveries of that change (`enqueue_deliveries!`), its counter
     /// row's counts (`add_entry_counts!`), its revision
-    /// (`insert_entry_revision!`). One row: the change's `seq`, and whether
-    /// any delivery was enqueued (`0` or more).
+    /// (`insert_entry_revision!`). One row: whether any delivery was
+    /// enqueued (`0` or more).
     const RECORD_ENTRY_WRITE: &'static str;
 }
 
@@ -788,9 +806,7 @@ macro_rules! changes_dialect {
         impl ChangesDialect for $database {
             const INSERT_CHANGE: &'static str = concat!(
                 $position_with,
-                "insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
-                 select $1, $2, $3, $4, $5, $6, position.created_at from ",
-                $position_from,
+                insert_change!($position_from),
                 " returning seq"
             );
             const TRY_LOCK_CHANGE_PURGE: &'static str = $try_lock_purge;
@@ -816,24 +832,22 @@ changes_dialect!(sqlx::Postgres {
         insert_entry_revision!("date_trunc('milliseconds', now())"),
         "), ",
         pg_position_ctes!(),
-        ", changed as (
-             insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
-             select $1, $2, $3, $4, $5, $6, position.created_at from position
-             returning seq
+        ", changed as (",
+        insert_change!("position"),
+        " returning seq
          ), enqueued as (",
-        enqueue_entry_deliveries!(
+        enqueue_deliveries!(
             "date_trunc('milliseconds', now())",
             pg_event_id!(),
             "changed.seq",
+            "$5",
             "webhook_endpoints e cross join changed"
         ),
         " returning 1
          )
-         select changed.seq,
-             (select count(*) from (
-                 select pg_notify('llm_feedback_webhooks', '')
-                 from (select 1 from enqueued limit 1) as any_enqueued) as notified)
-         from changed"
+         select count(*) from (
+             select pg_notify('llm_feedback_webhooks', '')
+             from (select 1 from enqueued limit 1) as any_enqueued) as notified"
     ),
 });
 
@@ -869,17 +883,17 @@ changes_dialect!(sqlx::Sqlite {
         add_entry_counts!(),
         "; ",
         insert_entry_revision!(sqlite_now_millis!()),
-        "; insert into changes (tenant, kind, output_id, end_user, type, entry, occurred_at)
-         select $1, $2, $3, $4, $5, $6, position.created_at from ",
-        sqlite_change_position!(),
         "; ",
-        enqueue_entry_deliveries!(
+        insert_change!(sqlite_change_position!()),
+        "; ",
+        enqueue_deliveries!(
             sqlite_now_millis!(),
             sqlite_event_id!(),
             "(select max(seq) from changes)",
+            "$5",
             "webhook_endpoints e"
         ),
-        "; select (select max(seq) from changes), changes()"
+        "; select changes()"
     ),
 });
 
@@ -1020,18 +1034,7 @@ macro_rules! webhook_dialect {
             );
             const ENQUEUE_WEBHOOK_DELIVERIES: &'static str = concat!(
                 $enqueue_before,
-                "insert into webhook_deliveries
-                     (endpoint_id, change_seq, event_id, event_type, status, attempts,
-                      next_attempt_at, created_at)
-                 select id, $2, ",
-                $event_id,
-                ", $3, 'pending', 0, ",
-                $clock,
-                ", ",
-                $clock,
-                " from webhook_endpoints
-                 where tenant = $1 and disabled_at is null
-                   and (',' || events || ',') like ('%,' || $3 || ',%')",
+                enqueue_deliveries!($clock, $event_id, "$2", "$3", "webhook_endpoints e"),
                 $enqueue_after
             );
             const CLAIM_WEBHOOK_DELIVERIES: &'static str = concat!(
