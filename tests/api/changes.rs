@@ -28,6 +28,7 @@ both_stores!(
     writes_that_change_nothing_record_no_change,
     erasure_strips_earlier_changes_and_records_deletes,
     retention_records_a_delete_per_expired_entry,
+    a_write_whose_revision_cannot_be_stored_leaves_nothing_behind,
 );
 per_store!(a_cursor_older_than_the_retention_is_410_and_old_changes_are_purged);
 
@@ -926,4 +927,91 @@ async fn the_purge_skips_a_round_another_replica_holds() {
     let purged = app.store.purge_changes(later, 10).await.expect("batch");
 
     assert_eq!((skipped, purged), (None, Some(1)));
+}
+
+/// A write is one transaction across its tables: when the last of them
+/// (the revision) refuses its row, the entry, its counters and its change
+/// are not kept either; the client gets `500`. The fault is injected in the
+/// database: a check no revision row passes.
+async fn a_write_whose_revision_cannot_be_stored_leaves_nothing_behind(app: TestApp) {
+    let kept = app
+        .create_ok(
+            "completions",
+            json!({"id": "c-kept", "rating": "thumbs_up"}),
+        )
+        .await;
+    let inject = |sql_pg: &'static str, sql_sqlite: &'static str| {
+        execute_directly(app.backend, &app.database_url, sql_pg, sql_sqlite)
+    };
+    inject(
+        "alter table feedback_revisions add constraint injected_fault check (revision < 0) not valid",
+        "create trigger injected_fault before insert on feedback_revisions
+         begin select raise(abort, 'injected fault'); end",
+    )
+    .await
+    .expect("inject the fault");
+
+    let created = create_with(
+        &app,
+        "completions",
+        &[],
+        &json!({"id": "c-new", "rating": "thumbs_down"}),
+    )
+    .await;
+    assert_error(&created, 500, "internal", "create");
+    let path = |id: &str| format!("/api/v1/llm/feedback/completions/{id}");
+    let updated = send(
+        &app,
+        Method::PUT,
+        &path("c-kept"),
+        &[],
+        Some(&json!({"rating": "thumbs_down"})),
+    )
+    .await;
+    assert_error(&updated, 500, "internal", "update");
+    let deleted = send(&app, Method::DELETE, &path("c-kept"), &[], None).await;
+    assert_error(&deleted, 500, "internal", "delete");
+
+    assert_eq!(app.get("completions", "c-new").await.status, 404);
+    let still = app.get("completions", "c-kept").await;
+    assert_eq!(still.status, 200, "{}", still.text);
+    assert_eq!(still.body, kept);
+    let stats = send(
+        &app,
+        Method::GET,
+        "/api/v1/llm/feedback/stats?kind=completions",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(stats.body["groups"][0]["total"], 1, "{}", stats.text);
+    assert_eq!(stats.body["groups"][0]["thumbs_up"], 1, "{}", stats.text);
+    assert_eq!(stats.body["groups"][0]["thumbs_down"], 0, "{}", stats.text);
+    let changes = whole_feed(&app, "", &[], 1).await;
+    let seen: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or_default(),
+                c["id"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("feedback.created", "c-kept")], "{changes:?}");
+
+    inject(
+        "alter table feedback_revisions drop constraint injected_fault",
+        "drop trigger injected_fault",
+    )
+    .await
+    .expect("remove the fault");
+    let updated = send(
+        &app,
+        Method::PUT,
+        &path("c-kept"),
+        &[],
+        Some(&json!({"rating": "thumbs_down"})),
+    )
+    .await;
+    assert_eq!(updated.status, 200, "{}", updated.text);
 }
