@@ -99,7 +99,13 @@ class Receiver:
                     receiver.attempts.setdefault(msg_id, []).append(
                         (start, time.monotonic(), status))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        class Server(ThreadingHTTPServer):
+            # Two replicas open up to 64 connections each at once; the
+            # default listen backlog of 5 drops their SYNs, and the retried
+            # SYN (1 s, then 3 s) turns into "no answer within 2000 ms".
+            request_queue_size = 256
+
+        self.server = Server(("127.0.0.1", free_port()), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
