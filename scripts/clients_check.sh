@@ -85,7 +85,7 @@ LLM_FEEDBACK_URL="$BASE_URL" LLM_FEEDBACK_KEY="$TS_KEY" node "$TS_OUT/out/driver
 stage "Python: openapi-python-client --fail-on-warning, mypy --strict, the driver"
 PY_OUT="$OUT/python"
 openapi-python-client generate --path "$DOCUMENT" --output-path "$PY_OUT/llm_feedback_client" \
-    --meta none --fail-on-warning --overwrite >&2
+    --config "$ROOT/tests/clients/python/config.yaml" --meta none --fail-on-warning --overwrite >&2
 # Errors are reported for the named modules only: models/, then the driver;
 # the generated client.py is the generator's own template.
 (cd "$PY_OUT" && mypy --strict --no-incremental --follow-imports=silent -p llm_feedback_client.models)
