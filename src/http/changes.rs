@@ -177,7 +177,8 @@ pub(crate) struct ChangeItem {
     entry: Option<serde_json::Value>,
 }
 
-/// The three event types.
+/// The three event types: of a change, and of the webhook event that
+/// delivers it.
 #[derive(ToSchema, Deserialize)]
 #[schema(as = ChangeType)]
 #[allow(dead_code, reason = "documentation only")]

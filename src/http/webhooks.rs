@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::changes::ChangeTypeSchema;
 use super::extract::ApiJson;
 use super::feedback::format_timestamp;
 use super::history::NotOnBehalfOf;
@@ -24,19 +25,6 @@ use crate::webhook::{EndpointSecret, EventTypes, new_endpoint_id};
 /// The deliveries `GET /webhooks/{id}/deliveries` shows: the newest.
 pub(crate) const RECENT_DELIVERIES: u32 = 100;
 const NO_SUCH_ENDPOINT: &str = "no such webhook endpoint";
-
-/// The event types, as the document names them.
-#[derive(ToSchema, Deserialize)]
-#[schema(as = WebhookEventType)]
-#[allow(dead_code, reason = "documentation only")]
-pub(crate) enum EventTypeSchema {
-    #[serde(rename = "feedback.created")]
-    Created,
-    #[serde(rename = "feedback.updated")]
-    Updated,
-    #[serde(rename = "feedback.deleted")]
-    Deleted,
-}
 
 /// A new endpoint.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -53,7 +41,7 @@ pub(crate) struct CreateWebhookBody {
     )]
     url: Option<String>,
     /// The event types to deliver; default: all.
-    #[schema(value_type = Option<Vec<EventTypeSchema>>, min_items = 1, nullable = false)]
+    #[schema(value_type = Option<Vec<ChangeTypeSchema>>, min_items = 1, nullable = false)]
     events: Option<Vec<String>>,
 }
 
@@ -65,7 +53,7 @@ pub(crate) struct EndpointResponse {
     #[schema(example = "wh_4f6c2b0e9a1d4c3b8e7f6a5b4c3d2e1f")]
     id: String,
     url: String,
-    #[schema(value_type = Vec<EventTypeSchema>)]
+    #[schema(value_type = Vec<ChangeTypeSchema>)]
     events: Vec<String>,
     /// RFC 3339, UTC, milliseconds.
     #[schema(format = DateTime, example = "2024-01-15T10:30:00.000Z")]
@@ -96,7 +84,7 @@ pub(crate) struct CreatedEndpointResponse {
     #[schema(example = "wh_4f6c2b0e9a1d4c3b8e7f6a5b4c3d2e1f")]
     id: String,
     url: String,
-    #[schema(value_type = Vec<EventTypeSchema>)]
+    #[schema(value_type = Vec<ChangeTypeSchema>)]
     events: Vec<String>,
     /// `whsec_…`: the Standard Webhooks signing secret; shown only in this answer.
     #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
@@ -134,7 +122,7 @@ pub(crate) struct DeliveryResponse {
     /// `msg_…`: the `webhook-id` header of every attempt.
     event_id: String,
     #[serde(rename = "type")]
-    #[schema(value_type = EventTypeSchema)]
+    #[schema(value_type = ChangeTypeSchema)]
     event_type: String,
     #[schema(value_type = DeliveryStatusSchema)]
     status: String,
