@@ -17,6 +17,9 @@
 //! [`ROW_GROUP_ROWS`] rows or [`ROW_GROUP_BYTES`] by parquet's `ArrowWriter`
 //! on one thread of the export's own, and handed to object_store's buffered
 //! multipart writer: memory does not grow with the number of entries.
+//! All of it runs beside the API rather than on it: on a thread with a
+//! runtime and a database connection of the export's own, at the nice value
+//! `EXPORT_NICE` (see `Exporter::write_apart`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -38,7 +41,9 @@ use parquet::schema::types::ColumnPath;
 use tokio::sync::mpsc;
 
 use crate::config::{ExportArgs, ExportLocation};
-use crate::store::{ExportJob, ExportRow, JobEnd, JobFiles, JobProgress, JobStart, Store};
+use crate::store::{
+    ExportJob, ExportReader, ExportRow, JobEnd, JobFiles, JobProgress, JobStart, Store,
+};
 use crate::worker::{WorkerContext, WorkerResult};
 
 /// Rows per Parquet row group: what one file holds in memory at most,
@@ -82,6 +87,8 @@ struct Inner {
     location: ExportLocation,
     lease: Duration,
     batch_rows: i64,
+    /// The nice value of the export's thread.
+    nice: u8,
     /// This process, as job rows name their owner.
     owner: String,
     /// Jobs this replica accepted, for its worker.
@@ -105,6 +112,7 @@ impl Exporter {
             },
             lease: settings.lease(),
             batch_rows: i64::from(settings.export_batch_rows),
+            nice: settings.export_nice,
             owner: uuid::Uuid::new_v4().simple().to_string(),
             jobs,
             queue: tokio::sync::Mutex::new(queue),
@@ -257,7 +265,7 @@ impl Exporter {
         }));
         let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let heartbeat = self.heartbeat(&job.id, &progress, &abandoned);
-        let work = self.write(&job, &progress, context, &abandoned);
+        let work = self.write_apart(&job, &progress, context, &abandoned);
         let outcome = tokio::select! {
             outcome = work => outcome,
             () = heartbeat => unreachable_heartbeat(),
@@ -333,7 +341,50 @@ impl Exporter {
         }
     }
 
+    /// Runs [`Self::write`] on a thread of its own (`admin-export`) at nice
+    /// value `EXPORT_NICE`, with a single-threaded runtime of its own: the
+    /// export's work in this process (decoding the pages, encoding, the
+    /// uploads, and on SQLite stepping its statement) then takes the CPU
+    /// only when API requests leave it, instead of sharing the runtime's
+    /// threads with them at the same priority. The heartbeat stays here.
+    async fn write_apart(
+        &self,
+        job: &ExportJob,
+        progress: &Arc<Mutex<JobProgress>>,
+        context: &WorkerContext,
+        lost: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<JobFiles, String> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let exporter = self.clone();
+        let (job, progress) = (job.clone(), Arc::clone(progress));
+        let (context, lost) = (context.clone(), Arc::clone(lost));
+        std::thread::Builder::new()
+            .name("admin-export".to_owned())
+            .spawn(move || {
+                lower_priority(exporter.0.nice);
+                // Its blocking pool (local file writes, DNS) starts its
+                // threads from this one: they inherit the nice value.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("export-blocking")
+                    .build();
+                let outcome = match runtime {
+                    Ok(runtime) => {
+                        runtime.block_on(exporter.write(&job, &progress, &context, &lost))
+                    }
+                    Err(err) => Err(format!("cannot start the export's runtime: {err}")),
+                };
+                // The receiver is gone only if the worker was dropped.
+                drop(done.send(outcome));
+            })
+            .map_err(|err| format!("cannot start the export's thread: {err}"))?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err("the export's thread stopped unexpectedly".to_owned()))
+    }
+
     /// Writes both files; the error names the location, never credentials.
+    /// Runs on the export's own thread ([`Self::write_apart`]).
     async fn write(
         &self,
         job: &ExportJob,
@@ -351,9 +402,23 @@ impl Exporter {
             buffered: 0,
         };
         let encoder = Encoder::start()?;
-        let outcome = self
-            .write_rows(&encoder, &mut files, progress, context, lost)
-            .await;
+        let outcome = match self.0.store.export_reader().await {
+            Ok(mut reader) => {
+                let outcome = self
+                    .write_rows(
+                        reader.as_mut(),
+                        &encoder,
+                        &mut files,
+                        progress,
+                        context,
+                        lost,
+                    )
+                    .await;
+                reader.close().await;
+                outcome
+            }
+            Err(err) => Err(format!("cannot read the entries: {err}")),
+        };
         if let Err(error) = outcome {
             drop(encoder);
             files.completions.abort().await;
@@ -387,8 +452,10 @@ impl Exporter {
         })
     }
 
+    /// Reads the pages up to the highest `seq` now and writes them.
     async fn write_rows(
         &self,
+        reader: &mut dyn ExportReader,
         encoder: &Encoder,
         files: &mut Files,
         progress: &Mutex<JobProgress>,
@@ -396,7 +463,7 @@ impl Exporter {
         lost: &std::sync::atomic::AtomicBool,
     ) -> Result<(), String> {
         let store_error = |err: crate::store::StoreError| format!("cannot read the entries: {err}");
-        let upto = self.0.store.max_feedback_seq().await.map_err(store_error)?;
+        let upto = reader.max_seq().await.map_err(store_error)?;
         let mut after = 0;
         loop {
             if context.is_stopping() {
@@ -406,10 +473,8 @@ impl Exporter {
                 return Err("another replica judged this export dead".to_owned());
             }
             let page_started = Instant::now();
-            let rows = self
-                .0
-                .store
-                .export_rows(after, upto, self.0.batch_rows)
+            let rows = reader
+                .rows(after, upto, self.0.batch_rows)
                 .await
                 .map_err(store_error)?;
             let Some(final_row) = rows.last() else {
@@ -439,6 +504,22 @@ impl Exporter {
             tokio::time::sleep(page_started.elapsed()).await;
         }
     }
+}
+
+/// Lowers the calling thread's CPU priority to nice value `nice` (on Linux
+/// the nice value is a thread's own, and threads it starts inherit it: the
+/// encoder, the blocking pool's, SQLite's connection worker). Elsewhere,
+/// where it would apply to the whole process, it does nothing.
+fn lower_priority(nice: u8) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        let thread = rustix::thread::gettid();
+        if let Err(err) = rustix::process::setpriority_process(Some(thread), i32::from(nice)) {
+            tracing::warn!(error = %err, nice, "cannot lower the export's CPU priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// The heartbeat loop never ends; `select!` needs a value for its arm.
@@ -526,7 +607,7 @@ impl Encoder {
         let files = (file()?, file()?);
         let (requests, inbox) = mpsc::channel(1);
         let thread = std::thread::Builder::new()
-            .name("admin-export".to_owned())
+            .name("export-encoder".to_owned())
             .spawn(move || encode(&schema, files, inbox))
             .map_err(|err| format!("cannot start the export's encoding thread: {err}"))?;
         Ok(Self {

@@ -298,8 +298,12 @@ pub struct ExportArgs {
     #[arg(long, env = "EXPORT_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub export_lease_secs: u64,
     /// Entries read from the database per query (each a keyset page).
-    #[arg(long, env = "EXPORT_BATCH_ROWS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "EXPORT_BATCH_ROWS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub export_batch_rows: u32,
+    /// The nice value of the export's thread (Linux: 0 to 19, higher is
+    /// lower priority), so that API requests get the CPU first.
+    #[arg(long, env = "EXPORT_NICE", default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub export_nice: u8,
 }
 
 impl ExportArgs {

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use super::changes::{ChangeRow, ChangesPage, NewChange};
 use super::export::{
-    ExportJob, ExportJobRow, ExportRow, ExportRowRow, ExportStore, JobEnd, JobProgress, JobStart,
-    JobStatus, STALE_JOB_ERROR,
+    ExportJob, ExportJobRow, ExportReader, ExportRow, ExportRowRow, ExportStore, JobEnd,
+    JobProgress, JobStart, JobStatus, STALE_JOB_ERROR,
 };
 use super::pool::Pool;
 use super::sql::{self, ChangesDialect, Dialect, HistoryDialect, WebhookDialect, scoped_query};
@@ -1169,19 +1169,9 @@ for_every_backend! {
             row.map(ExportJob::try_from).transpose()
         }
 
-        async fn max_feedback_seq(&self) -> StoreResult<i64> {
-            let query = sqlx::query_as::<_, (i64,)>(sql::MAX_FEEDBACK_SEQ);
-            let (seq,) = run!(self.readers(), |conn| query.fetch_one(conn))?;
-            Ok(seq)
-        }
-
-        async fn export_rows(&self, after: i64, upto: i64, limit: i64) -> StoreResult<Vec<ExportRow>> {
-            let query = sqlx::query_as::<_, ExportRowRow>(sql::EXPORT_ROWS)
-                .bind(after)
-                .bind(upto)
-                .bind(limit);
-            let rows = run!(self.readers(), |conn| query.fetch_all(conn))?;
-            Ok(rows.into_iter().map(ExportRow::from).collect())
+        async fn export_reader(&self) -> StoreResult<Box<dyn ExportReader>> {
+            let conn = self.readers().open_detached().await?;
+            Ok(Box::new(DetachedReader { conn }))
         }
     }
 
@@ -1353,6 +1343,45 @@ for_every_backend! {
 
         async fn close(&self) {
             Backend::close(self).await;
+        }
+    }
+}
+
+/// The admin export's [`ExportReader`]: a connection of its own.
+struct DetachedReader<C> {
+    conn: C,
+}
+
+#[async_trait]
+impl<C> ExportReader for DetachedReader<C>
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    for<'q> <C::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, C::Database>,
+    for<'q> i64: sqlx::Encode<'q, C::Database> + sqlx::Type<C::Database>,
+    for<'r> (i64,): sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    for<'r> ExportRowRow: sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    async fn max_seq(&mut self) -> StoreResult<i64> {
+        let (seq,) = sqlx::query_as::<_, (i64,)>(sql::MAX_FEEDBACK_SEQ)
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(seq)
+    }
+
+    async fn rows(&mut self, after: i64, upto: i64, limit: i64) -> StoreResult<Vec<ExportRow>> {
+        let rows = sqlx::query_as::<_, ExportRowRow>(sql::EXPORT_ROWS)
+            .bind(after)
+            .bind(upto)
+            .bind(limit)
+            .fetch_all(&mut self.conn)
+            .await?;
+        Ok(rows.into_iter().map(ExportRow::from).collect())
+    }
+
+    async fn close(self: Box<Self>) {
+        if let Err(err) = self.conn.close().await {
+            tracing::debug!(error = %err, "closing the export's connection");
         }
     }
 }

@@ -186,11 +186,29 @@ pub trait ExportStore: Send + Sync {
         stale_before: DateTime<Utc>,
     ) -> StoreResult<Option<ExportJob>>;
 
+    /// A reader of every tenant's entries on a database connection of its
+    /// own, outside the pools (one more than `DATABASE_MAX_CONNECTIONS`
+    /// while an export runs). The connection belongs to the runtime and
+    /// the thread that call this: the export reads on a thread of its own
+    /// at a lower CPU priority, and on SQLite the connection's worker
+    /// thread, started from that thread, inherits the priority. Never
+    /// call the pooled methods from such a thread: a connection the pool
+    /// opened there would be bound to a runtime that ends with the export.
+    async fn export_reader(&self) -> StoreResult<Box<dyn ExportReader>>;
+}
+
+/// The rows of every tenant, for the admin export (see
+/// [`ExportStore::export_reader`]).
+#[async_trait]
+pub trait ExportReader: Send {
     /// The highest `seq` now: an export writes the entries up to it.
-    async fn max_feedback_seq(&self) -> StoreResult<i64>;
+    async fn max_seq(&mut self) -> StoreResult<i64>;
 
     /// Up to `limit` entries of every tenant with `after < seq <= upto`, by `seq`.
-    async fn export_rows(&self, after: i64, upto: i64, limit: i64) -> StoreResult<Vec<ExportRow>>;
+    async fn rows(&mut self, after: i64, upto: i64, limit: i64) -> StoreResult<Vec<ExportRow>>;
+
+    /// Closes the connection.
+    async fn close(self: Box<Self>);
 }
 
 /// An `export_jobs` row as both backends read it.

@@ -81,7 +81,8 @@ use crate::feedback::{
 
 pub use changes::ChangesPage;
 pub use export::{
-    ExportJob, ExportRow, ExportStore, JobEnd, JobFiles, JobProgress, JobStart, JobStatus,
+    ExportJob, ExportReader, ExportRow, ExportStore, JobEnd, JobFiles, JobProgress, JobStart,
+    JobStatus,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

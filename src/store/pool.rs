@@ -190,6 +190,15 @@ impl<C: Connection + 'static> Pool<C> {
         Ok(conn)
     }
 
+    /// A connection of its own, opened as the pool opens its connections
+    /// but outside it: not counted in its size, never given back, bound to
+    /// the runtime that calls this (see `ExportStore::export_reader`).
+    pub(super) async fn open_detached(&self) -> sqlx::Result<C> {
+        managed::Manager::create(self.inner.manager())
+            .await
+            .map(|managed| managed.conn)
+    }
+
     /// Connection counts, for metrics.
     pub(super) fn stats(&self, name: &'static str) -> PoolStats {
         let status = self.inner.status();

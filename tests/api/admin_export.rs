@@ -27,6 +27,7 @@ both_stores!(
 );
 per_store!(
     shutdown_mid_export_reports_it_failed_interrupted,
+    the_export_runs_on_threads_of_its_own_at_the_configured_nice_value,
     an_unwritable_location_fails_the_export_naming_it_and_the_api_keeps_serving,
 );
 
@@ -522,6 +523,84 @@ async fn shutdown_mid_export_reports_it_failed_interrupted(backend: Backend) {
         "{closed}"
     );
     drop(second);
+    drop(storage);
+}
+
+/// This process's threads as (name, nice value), from `/proc/self/task`.
+fn threads_and_nice_values() -> Vec<(String, i64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // "tid (name) state ppid ...": the name may hold spaces; the
+            // nice value is field 19, the 17th after the name.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_owned();
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+async fn the_export_runs_on_threads_of_its_own_at_the_configured_nice_value(backend: Backend) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let storage = TestStorage::new(backend).await;
+    let database = test_database_args(&storage.url());
+    let app = spawn_app_on_with(&database, |serve| {
+        serve.export.export_batch_rows = 1;
+        serve.export.export_nice = 17;
+    })
+    .await;
+    app.insert_completions_directly("bulk", 5_000).await;
+    let admin = app.new_admin_key().await;
+    let started = app.send_as(&admin, Method::POST, START, None).await;
+    assert_eq!(started.body["started"], true, "{}", started.text);
+    // Other tests in this process may run exports of their own (at 19).
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        seen = threads_and_nice_values();
+        let at = |name: &str| seen.iter().any(|(n, nice)| n == name && *nice == 17);
+        let sqlite_worker = seen
+            .iter()
+            .any(|(n, nice)| n.starts_with("sqlx-sqlite-wor") && *nice == 17);
+        if at("admin-export")
+            && at("export-encoder")
+            && (backend == Backend::Postgres || sqlite_worker)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.iter()
+            .any(|(n, nice)| n == "admin-export" && *nice == 17),
+        "no admin-export thread at nice 17 while the export ran: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(n, nice)| n == "export-encoder" && *nice == 17),
+        "the encoder does not inherit the nice value: {seen:?}"
+    );
+    if backend == Backend::Sqlite {
+        assert!(
+            seen.iter()
+                .any(|(n, nice)| n.starts_with("sqlx-sqlite-wor") && *nice == 17),
+            "the export's SQLite connection worker does not inherit it: {seen:?}"
+        );
+    }
+    // The API's threads (the runtime's workers) keep theirs.
+    let api = seen.iter().filter(|(n, _)| n == "tokio-rt-worker");
+    assert!(api.clone().count() >= 2, "{seen:?}");
+    assert!(api.clone().all(|(_, nice)| *nice == 0), "{seen:?}");
+    let closed = wait_closed(&app, &admin, Duration::from_secs(120)).await;
+    assert_eq!(closed["status"], "COMPLETED", "{closed}");
+    assert_eq!(closed["result"]["record_count"], 5_000, "{closed}");
+    drop(app);
     drop(storage);
 }
 

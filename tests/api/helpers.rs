@@ -207,7 +207,8 @@ pub(crate) fn test_export_args() -> ExportArgs {
     ExportArgs {
         export_location: ExportLocation::Local(dir),
         export_lease_secs: 1,
-        export_batch_rows: 10_000,
+        export_batch_rows: 1_000,
+        export_nice: 19,
     }
 }
 
