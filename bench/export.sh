@@ -108,11 +108,13 @@ bench_store() {
     # (at nice 19) at about the export's pace, while the same load runs.
     local db_p99="-" db_rps="-"
     if [[ $store == postgres ]] && command -v pgbench >/dev/null; then
-        local pages=$((ROWS / ${EXPORT_BATCH_ROWS:-1000}))
+        # The page size of the service's default (EXPORT_BATCH_ROWS).
+        local page_rows=1000
+        local pages=$((ROWS / page_rows))
         cat >"$WORK_DIR/page.sql" <<SQL
 \\set p random(0, $((pages - 1)))
 select seq, tenant, kind, output_id, model, rating, description, end_user, created_at, updated_at
-from feedback where seq > :p * ${EXPORT_BATCH_ROWS:-1000} and seq <= $ROWS order by seq limit ${EXPORT_BATCH_ROWS:-1000};
+from feedback where seq > :p * $page_rows and seq <= $ROWS order by seq limit $page_rows;
 SQL
         nice -n 19 pgbench -n -c1 -R "${BENCH_DB_PAGES_PER_SEC:-200}" -T "${DURATION%s}" -f "$WORK_DIR/page.sql" "$url" \
             >"$WORK_DIR/pgbench.log" 2>&1 &

@@ -417,7 +417,7 @@ impl Exporter {
                 reader.close().await;
                 outcome
             }
-            Err(err) => Err(format!("cannot read the entries: {err}")),
+            Err(err) => Err(read_error(&err)),
         };
         if let Err(error) = outcome {
             drop(encoder);
@@ -462,8 +462,7 @@ impl Exporter {
         context: &WorkerContext,
         lost: &std::sync::atomic::AtomicBool,
     ) -> Result<(), String> {
-        let store_error = |err: crate::store::StoreError| format!("cannot read the entries: {err}");
-        let upto = reader.max_seq().await.map_err(store_error)?;
+        let upto = reader.max_seq().await.map_err(|err| read_error(&err))?;
         let mut after = 0;
         loop {
             if context.is_stopping() {
@@ -476,7 +475,7 @@ impl Exporter {
             let rows = reader
                 .rows(after, upto, self.0.batch_rows)
                 .await
-                .map_err(store_error)?;
+                .map_err(|err| read_error(&err))?;
             let Some(final_row) = rows.last() else {
                 return Ok(());
             };
@@ -504,6 +503,11 @@ impl Exporter {
             tokio::time::sleep(page_started.elapsed()).await;
         }
     }
+}
+
+/// An export's error for a failed read of the entries.
+fn read_error(err: &crate::store::StoreError) -> String {
+    format!("cannot read the entries: {err}")
 }
 
 /// Lowers the calling thread's CPU priority to nice value `nice` (on Linux
@@ -552,11 +556,11 @@ fn child(base: &ObjectPath, name: &str) -> ObjectPath {
 /// Both files' Parquet encoders, on one thread of their own for the whole
 /// export: pages of entries go in, the encoded bytes of each file come
 /// back (a bounded channel, one page at a time). Encoding (CPU work) never
-/// runs on the runtime's threads, so API requests never wait behind it, and
-/// every buffer the encoding allocates and frees (batches, the row groups
-/// being built, their output) stays on that one thread, whose allocator
-/// heap reuses them page after page instead of spreading them over the
-/// blocking pool's threads.
+/// blocks the export's own runtime, so the upload of the previous part goes
+/// on meanwhile, and every buffer the encoding allocates and frees (batches,
+/// the row groups being built, their output) stays on that one thread,
+/// whose allocator heap reuses them page after page. Started from the
+/// export's thread, it runs at its nice value.
 struct Encoder {
     requests: Option<mpsc::Sender<(EncodeRequest, EncodeReply)>>,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -560,36 +560,33 @@ async fn the_export_runs_on_threads_of_its_own_at_the_configured_nice_value(back
     let started = app.send_as(&admin, Method::POST, START, None).await;
     assert_eq!(started.body["started"], true, "{}", started.text);
     // Other tests in this process may run exports of their own (at 19).
+    let at_17 = |seen: &[(String, i64)], name: &str| {
+        seen.iter()
+            .any(|(n, nice)| n.starts_with(name) && *nice == 17)
+    };
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         seen = threads_and_nice_values();
-        let at = |name: &str| seen.iter().any(|(n, nice)| n == name && *nice == 17);
-        let sqlite_worker = seen
-            .iter()
-            .any(|(n, nice)| n.starts_with("sqlx-sqlite-wor") && *nice == 17);
-        if at("admin-export")
-            && at("export-encoder")
-            && (backend == Backend::Postgres || sqlite_worker)
+        if at_17(&seen, "admin-export")
+            && at_17(&seen, "export-encoder")
+            && (backend == Backend::Postgres || at_17(&seen, "sqlx-sqlite-wor"))
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        seen.iter()
-            .any(|(n, nice)| n == "admin-export" && *nice == 17),
+        at_17(&seen, "admin-export"),
         "no admin-export thread at nice 17 while the export ran: {seen:?}"
     );
     assert!(
-        seen.iter()
-            .any(|(n, nice)| n == "export-encoder" && *nice == 17),
+        at_17(&seen, "export-encoder"),
         "the encoder does not inherit the nice value: {seen:?}"
     );
     if backend == Backend::Sqlite {
         assert!(
-            seen.iter()
-                .any(|(n, nice)| n.starts_with("sqlx-sqlite-wor") && *nice == 17),
+            at_17(&seen, "sqlx-sqlite-wor"),
             "the export's SQLite connection worker does not inherit it: {seen:?}"
         );
     }
