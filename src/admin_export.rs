@@ -369,10 +369,21 @@ impl Exporter {
                     .thread_name("export-blocking")
                     .build();
                 let outcome = match runtime {
-                    Ok(runtime) => {
-                        runtime.block_on(exporter.write(&job, &progress, &context, &lost))
+                    Ok(runtime) => runtime.block_on(async move {
+                        let outcome = exporter.write(&job, &progress, &context, &lost).await;
+                        // Dropped here, inside the runtime and before the
+                        // outcome is sent: once it is, the worker may return
+                        // and the application drop its store, and the last
+                        // reference to the store (its pool, its listener)
+                        // would otherwise be dropped on this thread outside
+                        // any runtime, which sqlx answers with a panic.
+                        drop((exporter, context));
+                        outcome
+                    }),
+                    Err(err) => {
+                        drop((exporter, context));
+                        Err(format!("cannot start the export's runtime: {err}"))
                     }
-                    Err(err) => Err(format!("cannot start the export's runtime: {err}")),
                 };
                 // The receiver is gone only if the worker was dropped.
                 drop(done.send(outcome));

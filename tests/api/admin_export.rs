@@ -28,6 +28,7 @@ both_stores!(
 per_store!(
     shutdown_mid_export_reports_it_failed_interrupted,
     the_export_runs_on_threads_of_its_own_at_the_configured_nice_value,
+    an_export_that_outlives_its_application_ends_without_aborting_the_process,
     an_unwritable_location_fails_the_export_naming_it_and_the_api_keeps_serving,
 );
 
@@ -598,6 +599,69 @@ async fn the_export_runs_on_threads_of_its_own_at_the_configured_nice_value(back
     assert_eq!(closed["status"], "COMPLETED", "{closed}");
     assert_eq!(closed["result"]["record_count"], 5_000, "{closed}");
     drop(app);
+    drop(storage);
+}
+
+/// The application (its runtime, its workers, its store) goes away while
+/// the export's own thread still runs: that thread then holds the last
+/// reference to the store, whose pool and listener must be dropped inside a
+/// runtime. Dropped outside one, sqlx panics in a destructor and the whole
+/// process aborts (as CI once saw after a shutdown mid-export).
+async fn an_export_that_outlives_its_application_ends_without_aborting_the_process(
+    backend: Backend,
+) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let storage = TestStorage::new(backend).await;
+    let database = test_database_args(&storage.url());
+    // Its own nice value tells its thread apart from other tests' exports.
+    let nice: u8 = if backend == Backend::Postgres { 16 } else { 15 };
+    let is_ours =
+        move |(name, value): &(String, i64)| name == "admin-export" && *value == i64::from(nice);
+    // The application on a runtime of its own, shut down under the export.
+    let seen_running = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let app = runtime.block_on(async {
+            let app = spawn_app_on_with(&database, |serve| {
+                serve.export.export_batch_rows = 1;
+                serve.export.export_nice = nice;
+            })
+            .await;
+            app.insert_completions_directly("bulk", 3_000).await;
+            let admin = app.new_admin_key().await;
+            let started = app.send_as(&admin, Method::POST, START, None).await;
+            assert_eq!(started.body["started"], true, "{}", started.text);
+            app
+        });
+        let running = threads_and_nice_values().iter().any(is_ours);
+        // Every task (server, workers) is dropped, not stopped: the export's
+        // thread is not told to stop and goes on to its end.
+        runtime.shutdown_background();
+        // Dropped here, on a thread of the test's runtime: the export's
+        // thread now holds the last reference to the store.
+        drop(app);
+        running
+    })
+    .await
+    .expect("the application's thread");
+    assert!(
+        seen_running,
+        "the export had ended before the application did"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while threads_and_nice_values().iter().any(is_ours) {
+        assert!(
+            Instant::now() < deadline,
+            "the export's thread still runs 120 s after its application ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // This process is still here to say so.
     drop(storage);
 }
 
