@@ -86,6 +86,11 @@ cpu_by_thread() {
              for (n in cpu) if (cpu[n] / tick >= 0.01) printf "%s %.2f s, ", n, cpu[n] / tick}' "$1" "$2"
 }
 
+# ratio A B: A / B to two decimals.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'
+}
+
 status_json() {
     curl -fs -H "Authorization: Bearer $ADMIN_KEY" "http://127.0.0.1:$1/api/v1/llm/feedback/export/status"
 }
@@ -151,14 +156,12 @@ SQL
     duration_ms="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("result",{}).get("duration_ms","-"))' "$body")"
     records="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("result",{}).get("record_count","-"))' "$body")"
     bytes="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("progress",{}).get("parquet_bytes","-"))' "$body")"
-    local ratio
-    ratio="$(awk -v a="$busy_p99" -v b="$idle_p99" 'BEGIN {printf "%.2f", a / b}')"
     printf '%-8s rows=%s status=%s export=%s ms (wall %s ms) parquet=%s bytes rss_before=%s KiB peak_growth=%s MiB p99_idle=%s ms (%s req/s) p99_during=%s ms (%s req/s) ratio=%s\n' \
         "$store" "$records" "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$body")" \
-        "$duration_ms" "$wall_ms" "$bytes" "$rss_before" "$growth_mib" "$idle_p99" "$idle_rps" "$busy_p99" "$busy_rps" "$ratio"
+        "$duration_ms" "$wall_ms" "$bytes" "$rss_before" "$growth_mib" "$idle_p99" "$idle_rps" "$busy_p99" "$busy_rps" "$(ratio "$busy_p99" "$idle_p99")"
     if [[ $db_p99 != - ]]; then
         printf '%-8s p99 while pgbench runs the export'"'"'s page queries at %s/s instead: %s ms (%s req/s), ratio %s\n' "$store" \
-            "${BENCH_DB_PAGES_PER_SEC:-200}" "$db_p99" "$db_rps" "$(awk -v a="$db_p99" -v b="$idle_p99" 'BEGIN {printf "%.2f", a / b}')"
+            "${BENCH_DB_PAGES_PER_SEC:-200}" "$db_p99" "$db_rps" "$(ratio "$db_p99" "$idle_p99")"
     fi
     printf '%-8s server CPU during the export and the load, by thread: %s\n' "$store" \
         "$(cpu_by_thread "$WORK_DIR/cpu-before" "$WORK_DIR/cpu-samples")"

@@ -545,6 +545,13 @@ fn threads_and_nice_values() -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Whether one of `seen` is a thread whose name starts with `name` (Linux
+/// keeps 15 characters of it) running at nice value `nice`.
+fn runs_at(seen: &[(String, i64)], name: &str, nice: i64) -> bool {
+    seen.iter()
+        .any(|(n, value)| n.starts_with(name) && *value == nice)
+}
+
 async fn the_export_runs_on_threads_of_its_own_at_the_configured_nice_value(backend: Backend) {
     if !cfg!(target_os = "linux") {
         return;
@@ -561,10 +568,7 @@ async fn the_export_runs_on_threads_of_its_own_at_the_configured_nice_value(back
     let started = app.send_as(&admin, Method::POST, START, None).await;
     assert_eq!(started.body["started"], true, "{}", started.text);
     // Other tests in this process may run exports of their own (at 19).
-    let at_17 = |seen: &[(String, i64)], name: &str| {
-        seen.iter()
-            .any(|(n, nice)| n.starts_with(name) && *nice == 17)
-    };
+    let at_17 = |seen: &[(String, i64)], name: &str| runs_at(seen, name, 17);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -617,8 +621,7 @@ async fn an_export_that_outlives_its_application_ends_without_aborting_the_proce
     let database = test_database_args(&storage.url());
     // Its own nice value tells its thread apart from other tests' exports.
     let nice: u8 = if backend == Backend::Postgres { 16 } else { 15 };
-    let is_ours =
-        move |(name, value): &(String, i64)| name == "admin-export" && *value == i64::from(nice);
+    let ours_runs = move || runs_at(&threads_and_nice_values(), "admin-export", i64::from(nice));
     // The application on a runtime of its own, shut down under the export.
     let seen_running = tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -638,7 +641,7 @@ async fn an_export_that_outlives_its_application_ends_without_aborting_the_proce
             assert_eq!(started.body["started"], true, "{}", started.text);
             app
         });
-        let running = threads_and_nice_values().iter().any(is_ours);
+        let running = ours_runs();
         // Every task (server, workers) is dropped, not stopped: the export's
         // thread is not told to stop and goes on to its end.
         runtime.shutdown_background();
@@ -654,7 +657,7 @@ async fn an_export_that_outlives_its_application_ends_without_aborting_the_proce
         "the export had ended before the application did"
     );
     let deadline = Instant::now() + Duration::from_secs(120);
-    while threads_and_nice_values().iter().any(is_ours) {
+    while ours_runs() {
         assert!(
             Instant::now() < deadline,
             "the export's thread still runs 120 s after its application ended"
