@@ -641,7 +641,13 @@ async fn an_export_that_outlives_its_application_ends_without_aborting_the_proce
             assert_eq!(started.body["started"], true, "{}", started.text);
             app
         });
-        let running = ours_runs();
+        // The worker starts the export's thread after the answer.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut running = ours_runs();
+        while !running && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            running = ours_runs();
+        }
         // Every task (server, workers) is dropped, not stopped: the export's
         // thread is not told to stop and goes on to its end.
         runtime.shutdown_background();
@@ -654,7 +660,7 @@ async fn an_export_that_outlives_its_application_ends_without_aborting_the_proce
     .expect("the application's thread");
     assert!(
         seen_running,
-        "the export had ended before the application did"
+        "no export thread was seen running before the application ended"
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     while ours_runs() {
